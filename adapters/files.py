@@ -1,0 +1,151 @@
+"""Reading and writing tensor files safely.
+
+Pickled checkpoints are read with ``weights_only=True`` so no file can run code; writes go to
+a temporary file that is renamed into place, and never over an existing file unless asked.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import ModelFileError
+
+WRAPPER_KEYS = ("state_dict", "module", "model")
+
+
+def read_state_dict(path, dtype=None):
+    """All tensors of a .safetensors/.ckpt/.pt/.bin file, unwrapped from a training wrapper.
+
+    ``dtype`` converts floating tensors one at a time, so a fp16 file read as fp32 never
+    holds two full copies.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "file not found.", "Check the name and the models folder.")
+    if path.stat().st_size == 0:
+        raise ModelFileError(path, "the file is empty.", "Download or copy it again.")
+    suffix = path.suffix.lower()
+    if suffix in (".safetensors", ".sft"):
+        sd = _read_safetensors(path, dtype)
+    elif suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        sd = _read_pickle(path, dtype)
+    else:
+        raise ModelFileError(path, f"unknown file type '{suffix}'.",
+                             "Use a .safetensors or .ckpt file.")
+    if not sd:
+        raise ModelFileError(path, "the file holds no tensors.", "It is not a model file.")
+    return sd
+
+
+def read_metadata(path):
+    """The string metadata of a safetensors file ({} for other formats)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".safetensors", ".sft"):
+        return {}
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types
+        raise ModelFileError(path, f"not a readable safetensors file ({e}).",
+                             "The file may be truncated: download or copy it again.") from e
+
+
+def _convert(t, dtype):
+    if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+        return t.to(dtype)
+    return t
+
+
+def _read_safetensors(path, dtype):
+    from safetensors import safe_open
+    try:
+        out = {}
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():
+                out[k] = _convert(f.get_tensor(k), dtype)
+        return out
+    except ModelFileError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ModelFileError(path, f"not a readable safetensors file ({e}).",
+                             "The file may be truncated: download or copy it again.") from e
+
+
+def _read_pickle(path, dtype):
+    try:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e) and "zip" not in str(e):
+                raise
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        text = str(e)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise ModelFileError(
+                path, "this pickled checkpoint contains objects other than tensors, and "
+                "loading it could run code.",
+                "Convert it to .safetensors with a tool you trust, or get a .safetensors "
+                "version.") from e
+        raise ModelFileError(path, f"cannot be read as a PyTorch checkpoint ({text[:200]}).",
+                             "The file may be truncated or not a model: copy it again.") from e
+    for _ in range(3):
+        if isinstance(obj, dict) and not any(torch.is_tensor(v) for v in obj.values()):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, dict):
+        raise ModelFileError(path, "the checkpoint does not hold a dictionary of tensors.")
+    return {k: _convert(v, dtype) for k, v in obj.items() if torch.is_tensor(v)}
+
+
+def safe_child(folder, name):
+    """``folder/name`` for a name typed by a user, refusing anything that leaves ``folder``."""
+    folder = Path(folder).resolve()
+    if not name or os.path.isabs(name):
+        raise ValueError(f"'{name}' is not a valid file name: give a name inside {folder}.")
+    target = (folder / name).resolve()
+    if folder != target and folder not in target.parents:
+        raise ValueError(f"'{name}' points outside {folder}: give a plain file name.")
+    return target
+
+
+def unique_path(path):
+    """``path`` itself if free, else ``stem_00001.ext``, ``stem_00002.ext``... never an existing file."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    i = 1
+    while True:
+        candidate = path.with_name(f"{path.stem}_{i:05d}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        i += 1
+
+
+def save_safetensors(tensors, path, metadata=None, overwrite=False):
+    """Write atomically: a temp file in the same folder, then rename; refuse to clobber."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; refusing to overwrite it.")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # link() fails if the name appeared meanwhile, so a concurrent writer can't be clobbered
+            os.link(tmp, path)
+            os.unlink(tmp)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,73 @@
+"""Random-weight models of the real SD1.5 / AnimateDiff architectures, at tiny or real size.
+
+Tests, benchmarks and the README demo (until the toy world's trained weights exist) need
+models without any download: these have the real classes and key layouts, just random values.
+"""
+import torch
+
+from . import keys
+
+TINY_UNET = dict(block_out_channels=(32, 64), layers_per_block=2, cross_attention_dim=32,
+                 attention_head_dim=8, norm_num_groups=32,
+                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+REAL_UNET = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
+                 attention_head_dim=8, norm_num_groups=32,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+TINY_VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=32,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+REAL_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                norm_num_groups=32, down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4)
+# text-encoder heads cannot be read from shapes: the loader assumes SD1.5's 64 channels per head
+TINY_CLIP = dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                 num_attention_heads=1, max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu")
+REAL_CLIP = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                 num_attention_heads=12, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")
+MOTION = {"v1": dict(motion_max_seq_length=24, use_motion_mid_block=False),
+          "v2": dict(motion_max_seq_length=32, use_motion_mid_block=True),
+          "v3": dict(motion_max_seq_length=32, use_motion_mid_block=False)}
+
+
+def _perturb(module, seed, std=0.05):
+    """Default init leaves many layers zero (temporal proj_out): perturb all, so every tensor matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return module
+
+
+def layout_of(unet_config):
+    return keys.UNetLayout(len(unet_config["block_out_channels"]), unet_config["layers_per_block"],
+                           tuple(t.startswith("CrossAttn") for t in unet_config["down_block_types"]))
+
+
+def sd15_parts(size="tiny", seed=0):
+    """Diffusers-named state dicts of a random SD1.5-style UNet, VAE and CLIP text encoder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    ucfg, vcfg, ccfg = (TINY_UNET, TINY_VAE, TINY_CLIP) if size == "tiny" else (REAL_UNET, REAL_VAE, REAL_CLIP)
+    torch.manual_seed(seed)
+    unet = _perturb(UNet2DConditionModel(**ucfg), seed)
+    vae = _perturb(AutoencoderKL(**vcfg), seed + 1, 0.02)
+    clip = _perturb(CLIPTextModel(CLIPTextConfig(**ccfg)), seed + 2, 0.02)
+    clip_sd = {k: v for k, v in clip.state_dict().items() if not k.endswith("position_ids")}
+    return {"unet": unet.state_dict(), "vae": vae.state_dict(), "clip": clip_sd, "unet_config": dict(ucfg),
+            "layout": layout_of(ucfg), "vae_levels_layers": (len(vcfg["block_out_channels"]), vcfg["layers_per_block"])}
+
+
+def motion_module_parts(version="v2", size="tiny", seed=0):
+    """Diffusers-named tensors of a random motion module of the given version."""
+    from diffusers import UNetMotionModel
+    from .loading import motion_model_config
+    ucfg = TINY_UNET if size == "tiny" else REAL_UNET
+    mcfg = dict(MOTION[version], block_out_channels=list(ucfg["block_out_channels"]),
+                temporal_transformer_layers_per_block=1, motion_num_attention_heads=8)
+    full = dict(ucfg, in_channels=4, out_channels=4, use_linear_projection=False)
+    torch.manual_seed(seed)
+    model = UNetMotionModel(**motion_model_config(full, mcfg))
+    sd = {k: v for k, v in model.state_dict().items() if ".motion_modules." in k}
+    g = torch.Generator().manual_seed(seed + 7)
+    return {k: (v if k.endswith(".pe") else v + torch.randn(v.shape, generator=g) * 0.05) for k, v in sd.items()}

@@ -1,0 +1,174 @@
+"""The one sampling loop of the pack: text-to-video with CFG, any scheduler, context windows.
+
+Matches diffusers' AnimateDiffPipeline step for step on the same model, noise and scheduler
+(checked by ``benchmarks/bench_sampling.py``), but works on a ``VideoModel`` with its patches,
+reports every step to a callback (progress, preview, Cancel) and handles videos longer than
+the motion module's window with sliding context windows or FreeNoise.
+"""
+from dataclasses import dataclass
+
+import torch
+
+SCHEDULERS = ("euler", "euler_ancestral", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "lcm")
+BETA_SCHEDULES = ("linear", "scaled_linear")  # AnimateDiff was trained with "linear"
+CONTEXT_MODES = ("none", "sliding", "freenoise")
+
+
+def make_scheduler(name="euler", beta_schedule="linear"):
+    import diffusers as d
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler '{name}'; choose one of {', '.join(SCHEDULERS)}")
+    common = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                  beta_schedule=beta_schedule, steps_offset=1)
+    if name == "ddim":
+        return d.DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
+    if name == "euler":
+        return d.EulerDiscreteScheduler(**common)
+    if name == "euler_ancestral":
+        return d.EulerAncestralDiscreteScheduler(**common)
+    if name.startswith("dpmpp_2m"):
+        return d.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
+                                             use_karras_sigmas=name.endswith("karras"))
+    return d.LCMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
+
+
+@dataclass
+class ContextOptions:
+    """How to denoise more frames than the motion module has positions for."""
+    mode: str = "none"     # none | sliding | freenoise
+    length: int = 16
+    overlap: int = 4
+
+    def validate(self, max_positions):
+        if self.mode not in CONTEXT_MODES:
+            raise ValueError(f"unknown context mode '{self.mode}'; choose one of {', '.join(CONTEXT_MODES)}")
+        if self.length > max_positions:
+            raise ValueError(f"context length {self.length} is longer than the motion module's "
+                             f"{max_positions} positions; use at most {max_positions}.")
+        if not 0 <= self.overlap < self.length:
+            raise ValueError(f"context overlap must be in [0, {self.length - 1}], got {self.overlap}.")
+
+
+def context_windows(frames, length, overlap):
+    """Frame index lists covering ``frames``; the last window ends at the last frame."""
+    if frames <= length:
+        return [list(range(frames))]
+    stride = length - overlap
+    starts = list(range(0, frames - length + 1, stride))
+    if starts[-1] != frames - length:
+        starts.append(frames - length)
+    return [list(range(s, s + length)) for s in starts]
+
+
+def _window_weights(length, device, dtype):
+    """Pyramid weights so overlapping windows blend instead of seaming."""
+    i = torch.arange(length, device=device, dtype=dtype)
+    return torch.minimum(i + 1, length - i).view(1, 1, length, 1, 1)
+
+
+def initial_noise(shape, seed, context=None):
+    """Seeded noise (on the CPU, so a seed gives the same video on any device).
+
+    FreeNoise reuses each earlier window's noise, shuffled, for the frames after it, so long
+    videos keep the content of the first window.
+    """
+    g = torch.Generator("cpu").manual_seed(int(seed))
+    noise = torch.randn(shape, generator=g, dtype=torch.float32)
+    frames = shape[2]
+    if context is not None and context.mode == "freenoise" and frames > context.length:
+        stride = context.length - context.overlap
+        for start in range(context.length, frames, stride):
+            n = min(stride, frames - start)
+            src = torch.arange(start - context.length, start - context.length + n)
+            noise[:, :, start:start + n] = noise[:, :, src[torch.randperm(n, generator=g)]]
+    return noise, g
+
+
+def encode_text(model, prompts, device):
+    """CLIP last hidden states, 77 tokens per prompt, as SD1.5 and AnimateDiff use them."""
+    tok = model.tokenizer(list(prompts), padding="max_length", max_length=77, truncation=True,
+                          return_tensors="pt")
+    te = model.text_encoder
+    te_device = next(te.parameters()).device
+    with torch.no_grad():
+        out = te(tok.input_ids.to(te_device))[0]
+    return out.to(device)
+
+
+def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="euler",
+           beta_schedule="linear", width=512, height=512, frames=16, context=None,
+           device="cpu", callback=None, latents=None):
+    """Denoise a video; returns diffusers-scaled latents (1, C, F, h, w) on the CPU.
+
+    ``cond``/``uncond`` are text embeddings (1, seq, dim); ``callback(step, total, latents)``
+    is called after every step and may raise to cancel (patches are undone either way).
+    """
+    unet = model.unet
+    dtype = next(unet.parameters()).dtype
+    device = torch.device(device)
+    max_positions = unet.config.motion_max_seq_length
+    context = context or ContextOptions("none", min(frames, max_positions), 0)
+    if context.mode == "none":
+        if frames > max_positions:
+            raise ValueError(f"{frames} frames is more than this motion module's {max_positions} positions "
+                             "(v1: 24 but trained on 16, v2/v3: 32). Use a context mode (sliding or freenoise) "
+                             "for longer videos.")
+        context = ContextOptions("none", frames, 0)
+    context.validate(max_positions)
+    if width % 8 or height % 8:
+        raise ValueError(f"width and height must be multiples of 8, got {width}x{height}.")
+    sched = make_scheduler(scheduler, beta_schedule)
+    sched.set_timesteps(steps, device=device)
+    shape = (1, unet.config.in_channels, frames, height // 8, width // 8)
+    noise, generator = initial_noise(shape, seed, context)
+    x = (noise if latents is None else latents.float()).to(device) * sched.init_noise_sigma
+    use_cfg = cfg != 1.0 and uncond is not None
+    windows = context_windows(frames, context.length, context.overlap)
+    cond = cond.to(device, dtype)
+    uncond = uncond.to(device, dtype) if use_cfg else None
+    batched = use_cfg and uncond.shape[1] == cond.shape[1]
+
+    def predict(xw, t):
+        n = xw.shape[2]
+        if batched:
+            emb = torch.cat([uncond, cond]).repeat_interleave(n, dim=0)
+            eps_u, eps_c = unet(torch.cat([xw, xw]), t, encoder_hidden_states=emb).sample.chunk(2)
+        else:
+            eps_c = unet(xw, t, encoder_hidden_states=cond.repeat_interleave(n, dim=0)).sample
+            if not use_cfg:
+                return eps_c
+            eps_u = unet(xw, t, encoder_hidden_states=uncond.repeat_interleave(n, dim=0)).sample
+        return eps_u + cfg * (eps_c - eps_u)
+
+    total = len(sched.timesteps)
+    with model.patched(), torch.no_grad():
+        for i, t in enumerate(sched.timesteps):
+            xin = sched.scale_model_input(x, t).to(dtype)
+            if len(windows) == 1:
+                eps = predict(xin, t).float()
+            else:
+                eps = torch.zeros_like(x)
+                weight = torch.zeros(1, 1, frames, 1, 1, device=device)
+                for idx in windows:
+                    w = _window_weights(len(idx), device, torch.float32)
+                    eps[:, :, idx] += predict(xin[:, :, idx], t).float() * w
+                    weight[:, :, idx] += w
+                eps = eps / weight
+            x = sched.step(eps, t, x, generator=generator).prev_sample
+            if callback is not None:
+                callback(i + 1, total, x)
+    return x.cpu()
+
+
+def decode(model, latents, chunk=8):
+    """Diffusers-scaled latents (1, C, F, h, w) -> frames (F, H, W, 3) in [0, 1], a few at a time."""
+    vae = model.vae
+    vdev = next(vae.parameters()).device
+    vdtype = next(vae.parameters()).dtype
+    z = latents[0].permute(1, 0, 2, 3) / vae.config.scaling_factor
+    out = []
+    with torch.no_grad():
+        for s in range(0, z.shape[0], chunk):
+            img = vae.decode(z[s:s + chunk].to(vdev, vdtype)).sample
+            out.append(((img.float() / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).cpu())
+    return torch.cat(out)

@@ -1,0 +1,115 @@
+"""The video model handed between nodes: shared weights plus a list of weight patches.
+
+Nodes never modify a model they received (ComfyUI caches node outputs and re-runs parts of a
+graph). Injection, interpolation and LoRAs are recorded as patches on a shallow clone and
+applied only while sampling or training, then undone, as ComfyUI's ModelPatcher does.
+"""
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+T2I = "unet"            # spatial (text-to-image) layers of the video UNet
+TEXT = "text_encoder"
+
+
+@dataclass
+class ReplaceWeights:
+    """Naive injection (weight=1) or interpolation lerp(base, custom, weight) of whole tensors."""
+    target: str
+    tensors: dict
+    weight: float = 1.0
+    source: str = ""
+
+    def apply(self, name, current):
+        new = self.tensors.get(name)
+        if new is None:
+            return current
+        if self.weight == 1.0:
+            return new.to(current.device, current.dtype)
+        return torch.lerp(current, new.to(current.device, current.dtype), float(self.weight))
+
+    def names(self):
+        return set(self.tensors)
+
+
+@dataclass
+class LoraPatch:
+    """W + strength * delta for every module of one LoRA part (unet / text_encoder / motion)."""
+    target: str
+    parts: dict  # module name -> adapters.lora.LoraPart
+    strength: float = 1.0
+    source: str = ""
+
+    def apply(self, name, current):
+        module = name[: -len(".weight")] if name.endswith(".weight") else None
+        part = self.parts.get(module) if module else None
+        if part is None or self.strength == 0:
+            return current
+        return current + self.strength * part.delta(current.shape, current.dtype).to(current.device)
+
+    def names(self):
+        return {f"{m}.weight" for m in self.parts}
+
+
+@dataclass
+class VideoModel:
+    unet: torch.nn.Module            # diffusers UNetMotionModel
+    text_encoder: torch.nn.Module    # transformers CLIPTextModel
+    tokenizer: object
+    vae: torch.nn.Module             # diffusers AutoencoderKL
+    info: dict = field(default_factory=dict)
+    patches: list = field(default_factory=list)
+
+    def clone(self):
+        return VideoModel(self.unet, self.text_encoder, self.tokenizer, self.vae, dict(self.info), list(self.patches))
+
+    def with_patch(self, patch):
+        m = self.clone()
+        m.patches.append(patch)
+        return m
+
+    def injected_layers(self):
+        """Modules of the T2I part whose weights a customization replaced or changed."""
+        names = set()
+        for p in self.patches:
+            if p.target == T2I:
+                names |= {n.rsplit(".", 1)[0] for n in p.names()}
+        return sorted(names)
+
+    def _module(self, target):
+        return self.text_encoder if target == TEXT else self.unet
+
+    @contextlib.contextmanager
+    def patched(self, targets=(T2I, TEXT, "motion")):
+        """Apply the patches in order for the duration of the block, then restore the originals.
+
+        Only references to the original tensors are kept, so patching costs one tensor per
+        patched weight, and nothing when a replacement can be used as is.
+        """
+        backups = []  # (param, original data)
+        try:
+            for target in (TEXT, T2I):
+                if target not in targets:
+                    continue
+                module = self._module(target)
+                wanted = [p for p in self.patches if (p.target == target or
+                          (target == T2I and p.target == "motion"))]
+                if not wanted:
+                    continue
+                params = dict(module.named_parameters())
+                names = set().union(*(p.names() for p in wanted))
+                for name in names:
+                    param = params.get(name)
+                    if param is None:
+                        continue
+                    value = param.data
+                    for p in wanted:
+                        value = p.apply(name, value)
+                    if value is not param.data:
+                        backups.append((param, param.data))
+                        param.data = value
+            yield self
+        finally:
+            for param, data in reversed(backups):
+                param.data = data
