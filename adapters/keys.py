@@ -262,11 +262,9 @@ def motion_lora_module_to_original(module, part):
 
 # ---------------------------------------------------------------- kohya LoRA names
 
-def _underscored(name):
+def underscored(name):
+    """kohya's spelling of a module name: dots become underscores."""
     return name.replace(".", "_")
-
-
-_cached_unet_mapper = None
 
 
 def unet_ldm_underscored_to_diffusers(name, layout):
@@ -278,13 +276,10 @@ def unet_ldm_underscored_to_diffusers(name, layout):
     (and the ResBlock sub-module) is translated; the caller matches the result against the model's
     module names with their dots replaced. None when no LDM block prefix matches.
     """
-    global _cached_unet_mapper
-    if _cached_unet_mapper is None or _cached_unet_mapper[0] != layout:
-        _cached_unet_mapper = (layout, unet_mapper(layout))
-    mapper = _cached_unet_mapper[1]
+    mapper = unet_mapper(layout)
     best = None
     for ldm, _, kind in mapper.pairs:
-        u = _underscored(ldm)
+        u = underscored(ldm)
         if (name == u or name.startswith(u + "_")) and (best is None or len(ldm) > len(best[0])):
             best = (ldm, kind)
     if best is None:
@@ -292,9 +287,9 @@ def unet_ldm_underscored_to_diffusers(name, layout):
     ldm, kind = best
     rest = name[len(ldm) + 1:]
     for sub in mapper.sub_maps.get(kind) or {}:
-        u = _underscored(sub)
+        u = underscored(sub)
         if rest == u or rest.startswith(u + "_"):
             ldm, rest = f"{ldm}.{sub}", rest[len(u) + 1:]
             break
-    out = _underscored(mapper.forward(ldm))
+    out = underscored(mapper.forward(ldm))
     return f"{out}_{rest}" if rest else out

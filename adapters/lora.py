@@ -241,8 +241,9 @@ class _Resolver:
 
     def __init__(self, unet_names, text_names, layout):
         self.unet, self.text, self.layout = unet_names, text_names, layout
-        self.unet_u = {keys._underscored(n): n for n in unet_names}
-        self.text_u = {keys._underscored(n): n for n in text_names}
+        self.mapper = keys.unet_mapper(layout) if layout is not None else None
+        self.unet_u = {keys.underscored(n): n for n in unet_names}
+        self.text_u = {keys.underscored(n): n for n in text_names}
         # motion names are checked only when the caller's names include motion modules
         self.check_motion = any(".motion_modules." in n for n in unet_names)
 
@@ -262,7 +263,7 @@ class _Resolver:
         if name in self.unet or (".motion_modules." in name and not self.check_motion):
             return name
         if self.layout is not None and name.startswith(("input_blocks.", "middle_block.", "output_blocks.")):
-            mapped = keys.unet_mapper(self.layout).forward(name)  # LDM names with dots
+            mapped = self.mapper.forward(name)  # LDM names with dots
             return mapped if mapped in self.unet else None
         return None
 
@@ -349,7 +350,7 @@ def read_lora(path, unet_module_names=None, text_module_names=None, layout=None)
                                  "SD1.5's have one); this pack needs a Stable Diffusion 1.5 LoRA.", SD15_FIX)
         raise ModelFileError(path, f"{len(unresolved)} of {len(groups)} LoRA modules match no module of the "
                              f"model, e.g. {', '.join(sorted(unresolved)[:4])}.",
-                             "The LoRA was made for another architecture: " + SD15_FIX)
+                             "Was it made for another model family? " + SD15_FIX)
     return out
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .video_model import T2I, TEXT
+
 SCHEDULERS = ("euler", "euler_ancestral", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "lcm")
 BETA_SCHEDULES = ("linear", "scaled_linear")  # AnimateDiff was trained with "linear"
 CONTEXT_MODES = ("none", "sliding", "freenoise")
@@ -90,7 +92,7 @@ def encode_text(model, prompts, device):
                           return_tensors="pt")
     te = model.text_encoder
     te_device = next(te.parameters()).device
-    with torch.no_grad():
+    with model.patched((TEXT,)), torch.no_grad():
         out = te(tok.input_ids.to(te_device))[0]
     return out.to(device)
 
@@ -141,7 +143,7 @@ def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="eu
         return eps_u + cfg * (eps_c - eps_u)
 
     total = len(sched.timesteps)
-    with model.patched(), torch.no_grad():
+    with model.patched((T2I,)), torch.no_grad():
         for i, t in enumerate(sched.timesteps):
             xin = sched.scale_model_input(x, t).to(dtype)
             if len(windows) == 1:

@@ -81,11 +81,33 @@ class VideoModel:
         return self.text_encoder if target == TEXT else self.unet
 
     @contextlib.contextmanager
-    def patched(self, targets=(T2I, TEXT, "motion")):
+    def on_device(self, device):
+        """Move the networks to ``device`` for the block and back to the CPU after (ComfyUI's
+        offloading habit: the GPU is shared with the rest of the graph)."""
+        device = torch.device(device)
+        nets = (self.unet, self.text_encoder, self.vae)
+        if device.type == "cpu":
+            yield self
+            return
+        try:
+            for n in nets:
+                n.to(device)
+            yield self
+        finally:
+            for n in nets:
+                n.to("cpu")
+
+    @property
+    def dtype(self):
+        return next(self.unet.parameters()).dtype
+
+    @contextlib.contextmanager
+    def patched(self, targets=(T2I, TEXT)):
         """Apply the patches in order for the duration of the block, then restore the originals.
 
         Only references to the original tensors are kept, so patching costs one tensor per
-        patched weight, and nothing when a replacement can be used as is.
+        patched weight, and nothing when a replacement can be used as is. ``T2I`` covers the
+        whole video UNet, motion-module patches included.
         """
         backups = []  # (param, original data)
         try:

@@ -1,0 +1,17 @@
+"""ComfyUI glue: maps node inputs to ``adapters`` calls and back."""
+from . import paths
+from .sampler_nodes import SampleVideo
+from .video_model_nodes import InjectCheckpoint, InjectComfyModel, InjectLoRA, LoadMotionLoRA, LoadVideoModel
+
+paths.register()
+
+_NODES = {
+    "SM_LoadVideoModel": (LoadVideoModel, "Load AnimateDiff Video Model"),
+    "SM_LoadMotionLoRA": (LoadMotionLoRA, "Load MotionLoRA"),
+    "SM_InjectCheckpoint": (InjectCheckpoint, "Inject Customized Checkpoint"),
+    "SM_InjectLoRA": (InjectLoRA, "Inject LoRA"),
+    "SM_InjectComfyModel": (InjectComfyModel, "Inject MODEL (customized)"),
+    "SM_SampleVideo": (SampleVideo, "Still-Moving Sampler"),
+}
+NODE_CLASS_MAPPINGS = {k: v[0] for k, v in _NODES.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {k: f"{v[1]} (Still-Moving)" for k, v in _NODES.items()}

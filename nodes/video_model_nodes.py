@@ -1,0 +1,149 @@
+"""Loading the AnimateDiff video model and putting a customized SD1.5 model into it."""
+from ..adapters import inject, loading
+from . import comfy_glue, paths
+
+VIDEO_MODEL = "SM_VIDEO_MODEL"
+CATEGORY = "Still-Moving"
+
+
+class LoadVideoModel:
+    """SD1.5 checkpoint + AnimateDiff motion module -> video model."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "ckpt_name": (paths.checkpoints_and_folders(), {
+                "tooltip": "The base SD1.5 checkpoint the motion module was trained with (usually plain SD1.5). "
+                           "Customized models are injected later."}),
+            "motion_module": (paths.files("animatediff_models"), {
+                "tooltip": "AnimateDiff SD1.5 motion module (v1, v2 or v3) from models/animatediff_models."}),
+            "dtype": (["auto", "fp32", "fp16", "bf16"], {
+                "default": "auto", "tooltip": "auto: fp16/bf16 on a CUDA GPU, fp32 on the CPU."}),
+        }}
+
+    RETURN_TYPES = (VIDEO_MODEL,)
+    RETURN_NAMES = ("video_model",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Loads an AnimateDiff text-to-video model: an SD1.5 checkpoint with a motion module."
+
+    def load(self, ckpt_name, motion_module, dtype="auto"):
+        model = loading.load_video_model(paths.full_path("checkpoints", ckpt_name),
+                                         paths.full_path("animatediff_models", motion_module),
+                                         dtype=comfy_glue.default_dtype(dtype))
+        return (model,)
+
+
+class LoadMotionLoRA:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_model": (VIDEO_MODEL,),
+            "lora_name": (paths.files("animatediff_motion_lora"), {
+                "tooltip": "An AnimateDiff MotionLoRA (zoom, pan, roll...) from models/animatediff_motion_lora."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
+                                   "tooltip": "Negative values reverse the camera motion."}),
+        }}
+
+    RETURN_TYPES = (VIDEO_MODEL,)
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+
+    def apply(self, video_model, lora_name, strength):
+        return (inject.attach_motion_lora(video_model, paths.full_path("animatediff_motion_lora", lora_name),
+                                          strength),)
+
+
+class InjectCheckpoint:
+    """Naive injection (weight 1) or weight interpolation (weight < 1) of a customized checkpoint."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_model": (VIDEO_MODEL,),
+            "ckpt_name": (paths.checkpoints_and_folders(), {
+                "tooltip": "The customized SD1.5 checkpoint (DreamBooth, fine-tune, merged style)."}),
+            "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                 "tooltip": "1: naive injection (use the customized weights). Below 1: interpolate "
+                                            "between base and customized weights; 0 leaves the base model."}),
+            "inject_text_encoder": ("BOOLEAN", {"default": True,
+                                                "tooltip": "Also use the checkpoint's text encoder (DreamBooth "
+                                                           "often trains it)."}),
+        }}
+
+    RETURN_TYPES = (VIDEO_MODEL,)
+    FUNCTION = "inject"
+    CATEGORY = CATEGORY
+
+    def inject(self, video_model, ckpt_name, weight, inject_text_encoder):
+        return (inject.inject_checkpoint(video_model, paths.full_path("checkpoints", ckpt_name), weight,
+                                         inject_text_encoder),)
+
+
+class InjectLoRA:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_model": (VIDEO_MODEL,),
+            "lora_name": (paths.files("loras"), {"tooltip": "An SD1.5 LoRA (kohya, diffusers or peft format)."}),
+            "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05}),
+            "strength_clip": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05}),
+        }}
+
+    RETURN_TYPES = (VIDEO_MODEL,)
+    FUNCTION = "inject"
+    CATEGORY = CATEGORY
+
+    def inject(self, video_model, lora_name, strength_model, strength_clip):
+        return (inject.inject_lora(video_model, paths.full_path("loras", lora_name), strength_model,
+                                   strength_clip),)
+
+
+class InjectComfyModel:
+    """Use a ComfyUI MODEL (with any LoRAs stacked on it natively) as the customized T2I model."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_model": (VIDEO_MODEL,),
+            "model": ("MODEL", {"tooltip": "An SD1.5 MODEL, e.g. from Load Checkpoint + Load LoRA."}),
+            "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05}),
+        }, "optional": {
+            "clip": ("CLIP", {"tooltip": "Its CLIP, to inject the text encoder too."}),
+        }}
+
+    RETURN_TYPES = (VIDEO_MODEL,)
+    FUNCTION = "inject"
+    CATEGORY = CATEGORY
+
+    def inject(self, video_model, model, weight, clip=None):
+        from ..adapters import detect, keys
+        unet_ldm = _patched_state_dict(model, "diffusion_model.")
+        layout, _ = detect.unet_layout(unet_ldm, "the MODEL input")
+        unet, unknown = keys.unet_ldm_to_diffusers(unet_ldm, layout)
+        text = None
+        if clip is not None:
+            sd = _patched_state_dict(clip.patcher, "clip_l.transformer.")
+            text = keys.clip_ldm_to_transformers(sd) if sd else None
+        return (inject.inject_weights(video_model, unet, text, weight, "the MODEL input"),)
+
+
+def _patched_state_dict(patcher, prefix):
+    """Weights of a ComfyUI ModelPatcher with its LoRA patches applied, without touching it."""
+    import torch
+    import comfy.lora
+    sd = patcher.model.state_dict()
+    out = {}
+    for key, value in sd.items():
+        full = key
+        if not key.startswith(prefix):
+            # CLIP patchers hold the text model under cond_stage_model / clip_l
+            idx = key.find(prefix)
+            if idx < 0:
+                continue
+            key = key[idx:]
+        w = value.detach().to("cpu", torch.float32, copy=True)
+        if full in patcher.patches:
+            w = comfy.lora.calculate_weight(patcher.patches[full], w, full)
+        out[key[len(prefix):]] = w
+    return out
