@@ -15,6 +15,11 @@ REAL_UNET = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, 
                  attention_head_dim=8, norm_num_groups=32,
                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+# The smallest UNet ComfyUI's own loader still detects as SD1.5 (model_channels 320, context 768):
+# with the real-size VAE and CLIP-L it makes checkpoints that ComfyUI's native nodes can load.
+COMFY_UNET = dict(block_out_channels=(320,), layers_per_block=1, cross_attention_dim=768,
+                  attention_head_dim=8, norm_num_groups=32,
+                  down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",))
 TINY_VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=32,
                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
 REAL_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
@@ -25,18 +30,34 @@ TINY_CLIP = dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_hidde
                  num_attention_heads=1, max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu")
 REAL_CLIP = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                  num_attention_heads=12, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")
+SIZES = {"tiny": (TINY_UNET, TINY_VAE, TINY_CLIP), "comfy": (COMFY_UNET, REAL_VAE, REAL_CLIP),
+         "real": (REAL_UNET, REAL_VAE, REAL_CLIP)}
 MOTION = {"v1": dict(motion_max_seq_length=24, use_motion_mid_block=False),
           "v2": dict(motion_max_seq_length=32, use_motion_mid_block=True),
           "v3": dict(motion_max_seq_length=32, use_motion_mid_block=False)}
 
 
-def _perturb(module, seed, std=0.05):
-    """Default init leaves many layers zero (temporal proj_out): perturb all, so every tensor matters."""
+def random_state(module, seed, std=0.05):
+    """Random values for every tensor of a meta-built module, without running its init code.
+
+    Norm scales are 1 + noise, everything else noise: no tensor is left at zero (default init
+    zeroes the temporal proj_out, which would hide a wrong motion-module mapping). Buffers
+    that are tables, not weights (positional encodings, position ids), keep their values.
+    """
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return module
+    norms = {n for n, m in module.named_modules()
+             if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm))}
+    out = {}
+    for name, p in module.named_parameters():
+        noise = torch.randn(p.shape, generator=g) * std
+        owner, _, leaf = name.rpartition(".")
+        out[name] = noise + 1 if owner in norms and leaf == "weight" else noise
+    return out
+
+
+def _build(cls, *args, **kwargs):
+    with torch.device("meta"):
+        return cls(*args, **kwargs)
 
 
 def layout_of(unet_config):
@@ -48,26 +69,26 @@ def sd15_parts(size="tiny", seed=0):
     """Diffusers-named state dicts of a random SD1.5-style UNet, VAE and CLIP text encoder."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-    ucfg, vcfg, ccfg = (TINY_UNET, TINY_VAE, TINY_CLIP) if size == "tiny" else (REAL_UNET, REAL_VAE, REAL_CLIP)
-    torch.manual_seed(seed)
-    unet = _perturb(UNet2DConditionModel(**ucfg), seed)
-    vae = _perturb(AutoencoderKL(**vcfg), seed + 1, 0.02)
-    clip = _perturb(CLIPTextModel(CLIPTextConfig(**ccfg)), seed + 2, 0.02)
-    clip_sd = {k: v for k, v in clip.state_dict().items() if not k.endswith("position_ids")}
-    return {"unet": unet.state_dict(), "vae": vae.state_dict(), "clip": clip_sd, "unet_config": dict(ucfg),
+    ucfg, vcfg, ccfg = SIZES[size]
+    unet = random_state(_build(UNet2DConditionModel, **ucfg), seed)
+    vae = random_state(_build(AutoencoderKL, **vcfg), seed + 1, 0.02)
+    clip = random_state(_build(CLIPTextModel, CLIPTextConfig(**ccfg)), seed + 2, 0.02)
+    clip = {(k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in clip.items()}
+    return {"unet": unet, "vae": vae, "clip": clip, "unet_config": dict(ucfg),
             "layout": layout_of(ucfg), "vae_levels_layers": (len(vcfg["block_out_channels"]), vcfg["layers_per_block"])}
 
 
 def motion_module_parts(version="v2", size="tiny", seed=0):
     """Diffusers-named tensors of a random motion module of the given version."""
     from diffusers import UNetMotionModel
-    from .loading import motion_model_config
-    ucfg = TINY_UNET if size == "tiny" else REAL_UNET
+    from .loading import _sinusoid, motion_model_config
+    ucfg = SIZES[size][0]
     mcfg = dict(MOTION[version], block_out_channels=list(ucfg["block_out_channels"]),
                 temporal_transformer_layers_per_block=1, motion_num_attention_heads=8)
     full = dict(ucfg, in_channels=4, out_channels=4, use_linear_projection=False)
-    torch.manual_seed(seed)
-    model = UNetMotionModel(**motion_model_config(full, mcfg))
-    sd = {k: v for k, v in model.state_dict().items() if ".motion_modules." in k}
-    g = torch.Generator().manual_seed(seed + 7)
-    return {k: (v if k.endswith(".pe") else v + torch.randn(v.shape, generator=g) * 0.05) for k, v in sd.items()}
+    model = _build(UNetMotionModel, **motion_model_config(full, mcfg))
+    sd = {k: v for k, v in random_state(model, seed).items() if ".motion_modules." in k}
+    for name, buf in model.named_buffers():
+        if ".motion_modules." in name and name.endswith("pos_embed.pe"):
+            sd[name] = _sinusoid(buf.shape[1], buf.shape[2])
+    return sd

@@ -1,0 +1,421 @@
+"""A real ComfyUI (0.3.75, installed by scripts/setup.sh) hosting this pack, for tests.
+
+Two hosts share one session base directory laid out like a ComfyUI install
+(models/, input/, output/, temp/, user/, custom_nodes/Still-Moving -> repo root):
+
+* ``comfy``: ComfyUI imported into the pytest process. Fast (~10 s once), runs graphs
+  through ComfyUI's own validate_prompt + PromptExecutor and records the messages the
+  frontend would get.
+* ``comfy_server``: ``python main.py --cpu`` on a loopback port, driven over HTTP exactly
+  like the browser does. Started lazily, only by tests that ask for it.
+
+Why each boot step is there: /work/shared/notes/comfyui-host.md.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+PACK_DIR = Path(__file__).resolve().parents[1]
+PACK_NAME = "Still-Moving"  # folder name under custom_nodes/, as a user's install would have
+# Model folders the tests may fill. The last three are not built into ComfyUI; the session's
+# extra_model_paths.yaml registers them (the pack may register them too, as ADE does).
+MODEL_KINDS = ("checkpoints", "vae", "loras", "controlnet",
+               "animatediff_models", "animatediff_motion_lora", "still_moving")
+EXTRA_KINDS = ("animatediff_models", "animatediff_motion_lora", "still_moving")
+
+
+class ComfyError(Exception):
+    """A graph was rejected by validation or failed while executing; ``.error`` has the details."""
+
+    def __init__(self, message: str, error: dict):
+        super().__init__(f"{message}: {error}")
+        self.error = error
+
+
+def comfyui_path() -> Path:
+    """The ComfyUI tree: $COMFYUI_PATH, else where scripts/setup.sh puts it."""
+    home = Path(os.environ.get("STILL_MOVING_HOME", Path.home() / ".cache" / "still-moving"))
+    path = Path(os.environ.get("COMFYUI_PATH", home / "comfyui"))
+    if not (path / "main.py").is_file():
+        pytest.fail(f"no ComfyUI at {path}; run scripts/setup.sh (or scripts/test.sh)")
+    return path
+
+
+def make_base(base: Path) -> Path:
+    """Lay out a ComfyUI base directory with the pack installed as a custom node."""
+    for sub in ("input", "output", "temp", "user", "custom_nodes"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    for kind in MODEL_KINDS:
+        (base / "models" / kind).mkdir(parents=True, exist_ok=True)
+    link = base / "custom_nodes" / PACK_NAME
+    if not link.exists():
+        link.symlink_to(PACK_DIR, target_is_directory=True)
+    lines = ["still_moving_tests:", f"    base_path: {base / 'models'}"]
+    lines += [f"    {kind}: {kind}" for kind in EXTRA_KINDS]
+    (base / "extra_model_paths.yaml").write_text("\n".join(lines) + "\n")
+    return base
+
+
+def add_model_file(base: Path, kind: str, name: str, src: Path | str | bytes) -> Path:
+    """Put a model file where ComfyUI looks: bytes are written, a path is symlinked."""
+    dest = base / "models" / kind / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_symlink() or dest.exists():
+        dest.unlink()
+    if isinstance(src, bytes):
+        dest.write_bytes(src)
+    else:
+        dest.symlink_to(Path(src).resolve())
+    return dest
+
+
+@dataclass
+class RunResult:
+    """What one in-process execution produced.
+
+    ui:       node id -> the node's ui dict (what /history shows, e.g. {"images": [...]})
+    outputs:  node id -> the node's raw return values (one list per output slot), for every
+              node that executed
+    messages: (event, data) pairs sent to the frontend: execution_start, executing,
+              progress, executed, execution_success / execution_error, plus anything the
+              pack sends through PromptServer.instance.send_sync
+    error:    the execution_error data, or None
+    """
+    ui: dict
+    outputs: dict
+    messages: list = field(default_factory=list)
+    error: dict | None = None
+
+    def events(self, name: str) -> list:
+        return [data for event, data in self.messages if event == name]
+
+
+class InProcessComfy:
+    """ComfyUI imported into this process, with built-in nodes and the pack loaded."""
+
+    def __init__(self, base: Path, comfy_dir: Path):
+        self.base, self.comfy_dir = base, comfy_dir
+        self.models_dir = base / "models"
+        self.output_dir, self.input_dir = base / "output", base / "input"
+        # ComfyUI's top-level module names; the pack has a `nodes/` folder of its own.
+        for name in ("nodes", "utils", "execution", "server", "folder_paths", "comfy"):
+            mod = sys.modules.get(name)
+            origin = getattr(mod, "__file__", None) or next(iter(getattr(mod, "__path__", [])), "")
+            if mod is not None and not Path(origin).resolve().is_relative_to(comfy_dir.resolve()):
+                raise RuntimeError(f"`{name}` was imported from {origin} before ComfyUI booted; "
+                                   "import pack code through the pack, not as top-level modules")
+        sys.path.insert(0, str(comfy_dir))
+        import comfy.options  # noqa: F401  (must precede cli_args: no argv parsing)
+        from comfy.cli_args import args
+        args.cpu = True  # before comfy.model_management is imported; there is no CUDA
+        args.base_directory = str(base)  # read once, when folder_paths is imported
+        import folder_paths
+        # `nodes` puts comfy/ first on sys.path, after which `import utils` finds comfy/utils.py.
+        import utils.extra_config
+        import utils.install_util  # noqa: F401
+        import nodes
+        import server
+
+        self.folder_paths, self.nodes = folder_paths, nodes
+        utils.extra_config.load_extra_path_config(str(base / "extra_model_paths.yaml"))
+        # A real PromptServer, never started: packs may register routes or send events at import.
+        self.server = server.PromptServer(asyncio.new_event_loop())
+        self.server.send_sync = self._record
+        self.server.last_prompt_id = None
+        self.messages: list = []
+        self._hook_progress()
+
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        self.builtin_nodes = set(nodes.NODE_CLASS_MAPPINGS)
+        self.pack_loaded, self.pack_log = self._load_pack()
+
+    def _record(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def _hook_progress(self):
+        """What main.hijack_progress does, minus the websocket."""
+        import comfy.model_management
+        import comfy.utils
+        from comfy_execution.progress import get_progress_state
+        from comfy_execution.utils import get_executing_context
+        srv = self.server
+
+        def hook(value, total, preview_image, prompt_id=None, node_id=None):
+            ctx = get_executing_context()
+            prompt_id = prompt_id or (ctx.prompt_id if ctx else srv.last_prompt_id)
+            node_id = node_id or (ctx.node_id if ctx else srv.last_node_id)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            get_progress_state().update_progress(node_id, value, total, preview_image)
+            srv.send_sync("progress", {"value": value, "max": total,
+                                       "prompt_id": prompt_id, "node": node_id}, srv.client_id)
+            if preview_image is not None:
+                srv.send_sync("preview_image", {"node": node_id, "image": preview_image})
+
+        comfy.utils.set_progress_bar_global_hook(hook)
+
+    def _load_pack(self) -> tuple[bool, str]:
+        """Load the pack as ComfyUI does at startup; keep its log (load_custom_node swallows errors)."""
+        records: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda r: records.append(r.getMessage())
+        logging.getLogger().addHandler(handler)
+        try:
+            ok = asyncio.run(self.nodes.load_custom_node(
+                str(self.base / "custom_nodes" / PACK_NAME), ignore=self.builtin_nodes))
+        finally:
+            logging.getLogger().removeHandler(handler)
+        return ok, "\n".join(records)
+
+    @property
+    def pack_nodes(self) -> set[str]:
+        return set(self.nodes.NODE_CLASS_MAPPINGS) - self.builtin_nodes
+
+    def add_model(self, kind: str, name: str, src: Path | str | bytes) -> Path:
+        if kind not in self.folder_paths.folder_names_and_paths:
+            self.folder_paths.add_model_folder_path(kind, str(self.models_dir / kind))
+        path = add_model_file(self.base, kind, name, src)
+        self.folder_paths.filename_list_cache.clear()
+        return path
+
+    def run(self, api_graph: dict, raise_on_error: bool = True) -> RunResult:
+        """Validate and execute an API-format graph like the server's prompt worker does.
+
+        A fresh executor each time, so nothing is cached between runs.
+        """
+        import execution
+        prompt = copy.deepcopy(api_graph)
+        prompt_id = str(uuid.uuid4())
+        valid, error, outputs, node_errors = asyncio.run(
+            execution.validate_prompt(prompt_id, prompt, None))
+        if not valid or node_errors:
+            raise ComfyError("invalid prompt", {"error": error, "node_errors": node_errors})
+        self.messages = []
+        self.server.last_prompt_id = prompt_id
+        executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
+                                            cache_args={"lru": 0, "ram": 0})
+        executor.execute(prompt, prompt_id, {"client_id": "pytest"}, outputs)
+        raw = {}
+        for node_id in prompt:
+            entry = executor.caches.outputs.get(node_id)
+            if entry is not None:
+                raw[node_id] = entry.outputs
+        errors = [d for e, d in self.messages if e in ("execution_error", "execution_interrupted")]
+        result = RunResult(ui=executor.history_result["outputs"], outputs=raw,
+                           messages=self.messages, error=errors[0] if errors else None)
+        if result.error and raise_on_error:
+            raise ComfyError("execution failed", result.error)
+        return result
+
+    def workflow_to_api(self, workflow: dict) -> dict:
+        return workflow_to_api(workflow, self.nodes.NODE_CLASS_MAPPINGS)
+
+
+class ComfyServer:
+    """`python main.py --cpu` on a free loopback port, with the session base directory."""
+
+    def __init__(self, base: Path, comfy_dir: Path, timeout: float = 120):
+        import requests
+        self.http = requests.Session()
+        self.http.trust_env = False  # never route loopback through a proxy
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client_id = uuid.uuid4().hex
+        self.base = base
+        self.log_path = base / "server.log"
+        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1",
+               "--port", str(self.port), "--disable-auto-launch",
+               "--base-directory", str(base),
+               "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
+               "--database-url", "sqlite:///:memory:"]  # not the shared tree's user/comfyui.db
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=comfy_dir, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI server exited ({self.proc.returncode}):\n{self.log()}")
+            try:
+                if self.http.get(f"{self.url}/object_info/PreviewImage", timeout=2).ok:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"ComfyUI server not up after {timeout} s:\n{self.log()}")
+
+    def log(self, tail: int = 8000) -> str:
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def object_info(self, name: str | None = None) -> dict:
+        """GET /object_info[/name]; {} when the node is not registered."""
+        path = f"/object_info/{name}" if name else "/object_info"
+        r = self.http.get(self.url + path, timeout=30)
+        r.raise_for_status()
+        return r.json().get(name, {}) if name else r.json()
+
+    def post_prompt(self, api_graph: dict) -> str:
+        r = self.http.post(f"{self.url}/prompt", timeout=30,
+                           json={"prompt": api_graph, "client_id": self.client_id})
+        if r.status_code != 200:
+            raise ComfyError(f"POST /prompt answered {r.status_code}", r.json())
+        return r.json()["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 300, raise_on_error: bool = True) -> dict:
+        """Poll /history until the prompt is done; return its history entry."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.http.get(f"{self.url}/history/{prompt_id}", timeout=30).json().get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None:
+                if raise_on_error and entry["status"]["status_str"] != "success":
+                    raise ComfyError("execution failed", entry["status"])
+                return entry
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI server died:\n{self.log()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"prompt {prompt_id} not done after {timeout} s")
+
+    def run(self, api_graph: dict, **kw) -> dict:
+        return self.wait(self.post_prompt(api_graph), **kw)
+
+    def add_model(self, kind: str, name: str, src: Path | str | bytes) -> Path:
+        return add_model_file(self.base, kind, name, src)
+
+
+# --- UI workflow (what the editor saves) -> API format (what /prompt takes) -----------------
+
+FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+MUTED, BYPASSED = 2, 4
+SEED_CONTROL = {"fixed", "increment", "decrement", "randomize"}
+UPLOAD_VALUES = {"image", "video", "audio", None}
+
+
+def _is_widget(typ, opts: dict) -> bool:
+    if opts.get("forceInput"):
+        return False
+    return isinstance(typ, (list, tuple)) or typ in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def workflow_to_api(workflow: dict, class_mappings: dict) -> dict:
+    """Convert an editor workflow to the API format, as the frontend's graphToPrompt does.
+
+    widgets_values are matched to the node's widget inputs (INPUT_TYPES order, required then
+    optional), skipping the extra values the editor stores after a seed
+    (control_after_generate) and after an upload combo. Notes, reroutes, primitives, muted
+    (mode 2) and bypassed (mode 4) nodes do not appear; links are followed through reroutes
+    and bypassed nodes, and a primitive's value is inlined. Subgraphs are not supported.
+    """
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    links = {}
+    for link in workflow.get("links", []):
+        if isinstance(link, dict):  # schema version 1
+            links[link["id"]] = (link["origin_id"], link["origin_slot"])
+        else:  # [id, origin_id, origin_slot, target_id, target_slot, type]
+            links[link[0]] = (link[1], link[2])
+
+    def passthrough(node: dict, slot: int):
+        """The input link a reroute or a bypassed node forwards to output `slot`."""
+        ins = [i for i in node.get("inputs", []) if i.get("link") is not None]
+        if node["type"] != "Reroute":
+            want = node["outputs"][slot]["type"]
+            ins = [i for i in ins if i.get("type") == want]
+            same = [i for i in ins if node["inputs"].index(i) == slot]
+            ins = same or ins
+        return ins[0]["link"] if ins else None
+
+    def source(link_id):
+        """(True, [node_id, slot]) for a link, (False, value) for a primitive, None if cut."""
+        while link_id is not None:
+            origin_id, slot = links[link_id]
+            node = nodes[origin_id]
+            if node.get("mode") == MUTED:
+                return None
+            if node["type"] == "Reroute" or node.get("mode") == BYPASSED:
+                link_id = passthrough(node, slot)
+            elif node["type"] == "PrimitiveNode":
+                return False, node["widgets_values"][0]
+            else:
+                return True, [str(origin_id), slot]
+        return None
+
+    api = {}
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY or node.get("mode") in (MUTED, BYPASSED):
+            continue
+        cls = class_mappings.get(node["type"])
+        if cls is None:
+            raise ValueError(f"node {node['id']}: unknown type {node['type']!r} "
+                             "(pack not loaded, a group node or a subgraph?)")
+        spec = cls.INPUT_TYPES()
+        widgets = [(name, conf) for section in ("required", "optional")
+                   for name, conf in spec.get(section, {}).items()]
+        values = node.get("widgets_values") or []
+        inputs = {}
+        if isinstance(values, dict):  # some packs save widgets by name
+            inputs.update({k: v for k, v in values.items() if k in dict(widgets)})
+        else:
+            values = list(values)
+            for name, conf in widgets:
+                typ, opts = conf[0], (conf[1] if len(conf) > 1 and isinstance(conf[1], dict) else {})
+                if not _is_widget(typ, opts) or not values:
+                    continue
+                inputs[name] = values.pop(0)
+                seed = typ == "INT" and name in ("seed", "noise_seed")
+                if (opts.get("control_after_generate") or seed) and values and values[0] in SEED_CONTROL:
+                    values.pop(0)
+                if any(k.endswith("_upload") and v for k, v in opts.items()) and values \
+                        and values[0] in UPLOAD_VALUES:
+                    values.pop(0)
+        for inp in node.get("inputs", []):
+            src = source(inp.get("link"))
+            if src is not None:
+                name = (inp.get("widget") or {}).get("name", inp["name"])
+                inputs[name] = src[1]
+        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
+                                "_meta": {"title": node.get("title") or node["type"]}}
+    return api
+
+
+# --- fixtures (imported by conftest.py) ------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def comfy_base(tmp_path_factory) -> Path:
+    """The session's ComfyUI base directory, shared by both hosts."""
+    return make_base(tmp_path_factory.mktemp("comfy_base"))
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_base) -> InProcessComfy:
+    """ComfyUI in this process (built-in nodes + the pack). Check .pack_loaded / .pack_log."""
+    return InProcessComfy(comfy_base, comfyui_path())
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_base):
+    """A real ComfyUI server on 127.0.0.1, killed at session end."""
+    srv = ComfyServer(comfy_base, comfyui_path())
+    yield srv
+    srv.stop()
