@@ -191,8 +191,8 @@ def clip_ldm_to_transformers(sd):
     ``text_model.`` level (transformers 5 dropped it; ``loading`` adds it back for 4.x)."""
     out = {}
     for k, v in sd.items():
-        if k.endswith("position_ids"):
-            continue
+        if k.endswith("position_ids") or k in ("text_projection.weight", "logit_scale"):
+            continue  # ComfyUI's CLIP state carries these; the SD1.5 text encoder does not use them
         out[k[len("text_model."):] if k.startswith("text_model.") else k] = v
     return out
 

@@ -247,20 +247,20 @@ def tokenizer_dirs(candidates=()):
     if comfy_root:
         dirs.append(Path(comfy_root) / "comfy" / "sd1_tokenizer")
     mod = sys.modules.get("comfy")
-    if mod is not None and getattr(mod, "__file__", None):
-        dirs.append(Path(mod.__file__).parent / "sd1_tokenizer")
+    for root in getattr(mod, "__path__", []) if mod is not None else []:
+        dirs.append(Path(root) / "sd1_tokenizer")
     dirs.append(PACK_DIR / "adapters" / "configs" / "tiny_tokenizer")
     return [d for d in dirs if all((d / f).is_file() for f in TOKENIZER_FILES)]
 
 
 def load_tokenizer(vocab_size, candidates=()):
-    """The first CLIPTokenizer whose vocabulary fits the text encoder (SD1.5: 49408 tokens)."""
+    """The first CLIPTokenizer whose vocabulary is the text encoder's (SD1.5: 49408 tokens)."""
     from transformers import CLIPTokenizer
     for d in tokenizer_dirs(candidates):
         tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=77)
-        if len(tok) <= vocab_size:
+        if len(tok) == vocab_size:
             return tok
-    raise ModelFileError(None, f"no CLIP tokenizer with at most {vocab_size} tokens was found.",
+    raise ModelFileError(None, f"no CLIP tokenizer with {vocab_size} tokens (the text encoder's vocabulary) was found.",
                          "Install the pack inside ComfyUI (it uses comfy/sd1_tokenizer) or set COMFYUI_PATH.")
 
 

@@ -61,6 +61,11 @@ class VideoModel:
     info: dict = field(default_factory=dict)
     patches: list = field(default_factory=list)
 
+    def __repr__(self):  # ComfyUI prints node inputs in error reports: keep it to one line
+        kinds = ", ".join(f"{type(p).__name__}({p.target}, {p.source or '?'})" for p in self.patches)
+        return (f"VideoModel({self.info.get('checkpoint', '?')} + {self.info.get('motion_module', '?')} "
+                f"[{self.info.get('motion_version', '?')}], patches=[{kinds}])")
+
     def clone(self):
         return VideoModel(self.unet, self.text_encoder, self.tokenizer, self.vae, dict(self.info), list(self.patches))
 

@@ -9,6 +9,13 @@ _LATENT_RGB = torch.tensor([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
                             [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]])
 
 
+def tokenizer_dir():
+    """ComfyUI's own SD1.5 CLIP tokenizer files (so the pack ships none)."""
+    import os
+    import comfy.sd1_clip
+    return os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_tokenizer")
+
+
 def device():
     return mm.get_torch_device()
 

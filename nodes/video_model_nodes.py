@@ -30,7 +30,8 @@ class LoadVideoModel:
     def load(self, ckpt_name, motion_module, dtype="auto"):
         model = loading.load_video_model(paths.full_path("checkpoints", ckpt_name),
                                          paths.full_path("animatediff_models", motion_module),
-                                         dtype=comfy_glue.default_dtype(dtype))
+                                         dtype=comfy_glue.default_dtype(dtype),
+                                         tokenizer_dirs=[comfy_glue.tokenizer_dir()])
         return (model,)
 
 

@@ -33,3 +33,44 @@ class TinyFiles:
 def tiny_files(tmp_path_factory):
     torch.manual_seed(0)
     return TinyFiles(tmp_path_factory.mktemp("tiny_models"))
+
+
+class ComfyFiles:
+    """Checkpoints small enough for CI that ComfyUI's own loader still takes as SD1.5
+    (UNet with 320 channels and context 768, real-size VAE and CLIP-L, all random, fp16),
+    named as the example workflows name them, plus a kohya LoRA and a motion module."""
+
+    BASE, MOTION, CUSTOM = "v1-5-pruned-emaonly.safetensors", "mm_sd_v15_v2.ckpt", "my_dreambooth_subject.safetensors"
+    LORA = "style_kohya.safetensors"
+
+    def __init__(self, root):
+        from adapters import keys
+        self.root = root
+        base = random_models.sd15_parts("comfy", seed=10)
+        custom = random_models.sd15_parts("comfy", seed=11)
+        self.base = self._write(self.BASE, base)
+        self.custom = self._write(self.CUSTOM, custom)
+        del base, custom
+        mm = random_models.motion_module_parts("v2", "comfy", seed=12)
+        self.motion = export.write_checkpoint(root / self.MOTION, export.motion_module_tensors(mm), fmt="ckpt")
+        g = torch.Generator().manual_seed(13)
+        lora = {}
+        for module, (out_f, in_f) in {"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": (320, 320),
+                                      "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k": (320, 768),
+                                      "up_blocks.0.attentions.1.proj_out": (320, 320)}.items():
+            name = "lora_unet_" + module.replace(".", "_")
+            lora[f"{name}.lora_down.weight"] = torch.randn(4, in_f, generator=g) * 0.1
+            lora[f"{name}.lora_up.weight"] = torch.randn(out_f, 4, generator=g) * 0.1
+            lora[f"{name}.alpha"] = torch.tensor(2.0)
+        self.lora = export.write_checkpoint(root / self.LORA, lora)
+        self.layout = keys.UNetLayout(1, 1, (True,))
+
+    def _write(self, name, parts):
+        tensors = export.checkpoint_tensors(parts["unet"], parts["vae"], parts["clip"], parts["layout"],
+                                            parts["vae_levels_layers"], torch.float16)
+        return export.write_checkpoint(self.root / name, tensors)
+
+
+@pytest.fixture(scope="session")
+def comfy_files(tmp_path_factory):
+    return ComfyFiles(tmp_path_factory.mktemp("comfy_models"))

@@ -1,4 +1,5 @@
-"""A real ComfyUI (0.3.75, installed by scripts/setup.sh) hosting this pack, for tests.
+"""A real ComfyUI (0.3.75, installed by scripts/setup.sh) hosting this pack, headless: used by
+the tests (fixtures in tests/conftest.py) and by the demo (scripts/demo.py).
 
 Two hosts share one session base directory laid out like a ComfyUI install
 (models/, input/, output/, temp/, user/, custom_nodes/Still-Moving -> repo root):
@@ -25,7 +26,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 PACK_NAME = "Still-Moving"  # folder name under custom_nodes/, as a user's install would have
@@ -49,7 +49,7 @@ def comfyui_path() -> Path:
     home = Path(os.environ.get("STILL_MOVING_HOME", Path.home() / ".cache" / "still-moving"))
     path = Path(os.environ.get("COMFYUI_PATH", home / "comfyui"))
     if not (path / "main.py").is_file():
-        pytest.fail(f"no ComfyUI at {path}; run scripts/setup.sh (or scripts/test.sh)")
+        raise RuntimeError(f"no ComfyUI at {path}; run scripts/setup.sh (or scripts/test.sh)")
     return path
 
 
@@ -397,25 +397,3 @@ def workflow_to_api(workflow: dict, class_mappings: dict) -> dict:
         api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
                                 "_meta": {"title": node.get("title") or node["type"]}}
     return api
-
-
-# --- fixtures (imported by conftest.py) ------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def comfy_base(tmp_path_factory) -> Path:
-    """The session's ComfyUI base directory, shared by both hosts."""
-    return make_base(tmp_path_factory.mktemp("comfy_base"))
-
-
-@pytest.fixture(scope="session")
-def comfy(comfy_base) -> InProcessComfy:
-    """ComfyUI in this process (built-in nodes + the pack). Check .pack_loaded / .pack_log."""
-    return InProcessComfy(comfy_base, comfyui_path())
-
-
-@pytest.fixture(scope="session")
-def comfy_server(comfy_base):
-    """A real ComfyUI server on 127.0.0.1, killed at session end."""
-    srv = ComfyServer(comfy_base, comfyui_path())
-    yield srv
-    srv.stop()

@@ -1,0 +1,145 @@
+"""Shared helpers of the benchmarks: paths, model files written once, memory probes.
+
+Model files are random weights in the users' real layouts (LDM single-file SD1.5 checkpoint,
+original-layout AnimateDiff motion module), written by ``adapters.export`` from
+``adapters.random_models``. Real-size files (4.3 GB + 1.8 GB in fp32) are written once, in a
+subprocess so the benchmark's own memory stays clean, under ``$STILL_MOVING_HOME/bench/``
+(default ``~/.cache/still-moving/bench/``).
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+HOME = Path(os.environ.get("STILL_MOVING_HOME", Path.home() / ".cache" / "still-moving"))
+BENCH_DIR = HOME / "bench"
+SIZES = ("tiny", "real")
+GIB = 1024 ** 3
+
+
+def comfyui_path():
+    path = Path(os.environ.get("COMFYUI_PATH", HOME / "comfyui"))
+    if not (path / "main.py").is_file():
+        sys.exit(f"no ComfyUI at {path}; run scripts/setup.sh or set COMFYUI_PATH")
+    return path
+
+
+def sd1_tokenizer_dir():
+    """ComfyUI's SD1.5 CLIP tokenizer (49408 tokens), needed by the real-size text encoder."""
+    return comfyui_path() / "comfy" / "sd1_tokenizer"
+
+
+def model_paths(size, mm_format="safetensors"):
+    folder = BENCH_DIR / size
+    return folder / "sd15_random.safetensors", folder / f"mm_v2_random.{mm_format}"
+
+
+def ensure_model_files(size, mm_format="safetensors"):
+    """Paths of the checkpoint and v2 motion module of ``size``, writing whichever is missing.
+
+    Each part is written by a child process (real size needs ~9 GiB while writing), atomically,
+    so an interrupted run never leaves a half file that a later run would trust.
+    """
+    ckpt, mm = model_paths(size, mm_format)
+    for part, path in (("checkpoint", ckpt), ("motion", mm)):
+        if path.is_file():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[setup] writing {size} {part} -> {path} (once; real size takes a minute or two)", flush=True)
+        t = time.perf_counter()
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--write", size, part, str(path)],
+                       check=True, cwd=str(REPO))
+        print(f"[setup] wrote {path.name} ({path.stat().st_size / GIB:.2f} GiB) in "
+              f"{time.perf_counter() - t:.0f} s", flush=True)
+    return ckpt, mm
+
+
+def _write(size, part, path):
+    import torch
+
+    from adapters import export, random_models
+    path = Path(path)
+    fmt = "ckpt" if path.suffix == ".ckpt" else "safetensors"
+    with torch.no_grad():
+        if part == "checkpoint":
+            p = random_models.sd15_parts(size, seed=0)
+            tensors = export.checkpoint_tensors(p["unet"], p["vae"], p["clip"], p["layout"], p["vae_levels_layers"])
+        else:
+            tensors = export.motion_module_tensors(random_models.motion_module_parts("v2", size, seed=3))
+    if path.exists():  # another run wrote it meanwhile
+        return
+    try:
+        export.write_checkpoint(path, tensors, fmt=fmt)
+    except FileExistsError:
+        pass
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+def proc_status(field, pid="self"):
+    """A ``/proc/PID/status`` field (VmRSS, VmHWM...) in bytes; None if unavailable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss():
+    """Peak resident set size of this process so far, in bytes (ru_maxrss is KiB on Linux)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def mem_available():
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def gib(n):
+    return "n/a" if n is None else f"{n / GIB:.2f} GiB"
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def run_child(argv, cwd=None, env=None, timeout=None):
+    """Run ``python argv...``; the child prints one line ``RESULT {json}``. Returns (dict, output)."""
+    proc = subprocess.run([sys.executable, *argv], cwd=cwd, env=env, timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+    if proc.returncode != 0 or result is None:
+        tail = "\n".join(proc.stdout.splitlines()[-25:])
+        raise RuntimeError(f"child {' '.join(map(str, argv[:3]))} failed (exit {proc.returncode}):\n{tail}")
+    return result, proc.stdout
+
+
+def emit(result):
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def warm_page_cache(*paths):
+    """Read files once so every timed run reads them from the page cache, not the disk."""
+    for p in paths:
+        with open(p, "rb") as f:
+            while f.read(64 << 20):
+                pass
+
+
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--write":
+    _write(*sys.argv[2:])
