@@ -6,7 +6,7 @@ inverse mappings in ``keys``, so what is written is read back by the users' path
 import torch
 
 from . import keys
-from .files import save_safetensors
+from .files import save_safetensors, temp_file_beside
 
 
 def checkpoint_tensors(unet_sd, vae_sd, clip_sd, layout, vae_levels_layers, dtype=None):
@@ -41,13 +41,11 @@ def write_checkpoint(path, tensors, fmt="safetensors", overwrite=False):
     if fmt == "safetensors":
         return save_safetensors(tensors, path, overwrite=overwrite)
     import os
-    import tempfile
     from pathlib import Path
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; refusing to overwrite it.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    os.close(fd)
+    tmp = temp_file_beside(path)
     torch.save({"state_dict": tensors}, tmp)
     os.replace(tmp, path)
     return path

@@ -126,6 +126,17 @@ def unique_path(path):
         i += 1
 
 
+def temp_file_beside(path):
+    """A temp file in ``path``'s folder (so the final rename is atomic), with the permissions a
+    normal file would get (mkstemp makes it owner-only)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=str(Path(path).parent))
+    os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    return tmp
+
+
 def save_safetensors(tensors, path, metadata=None, overwrite=False):
     """Write atomically: a temp file in the same folder, then rename; refuse to clobber."""
     from safetensors.torch import save_file
@@ -134,8 +145,7 @@ def save_safetensors(tensors, path, metadata=None, overwrite=False):
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; refusing to overwrite it.")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
+    tmp = temp_file_beside(path)
     try:
         save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
         if overwrite:

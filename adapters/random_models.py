@@ -3,6 +3,8 @@
 Tests, benchmarks and the README demo (until the toy world's trained weights exist) need
 models without any download: these have the real classes and key layouts, just random values.
 """
+import math
+
 import torch
 
 from . import keys
@@ -40,18 +42,23 @@ MOTION = {"v1": dict(motion_max_seq_length=24, use_motion_mid_block=False),
 def random_state(module, seed, std=0.05):
     """Random values for every tensor of a meta-built module, without running its init code.
 
-    Norm scales are 1 + noise, everything else noise: no tensor is left at zero (default init
-    zeroes the temporal proj_out, which would hide a wrong motion-module mapping). Buffers
-    that are tables, not weights (positional encodings, position ids), keep their values.
+    Matrices get fan-in scaled noise (as default inits do, so activations stay O(1) through
+    the whole UNet instead of blowing up), vectors ``std`` noise, norm scales 1 + noise: no
+    tensor is zero (default init zeroes the temporal proj_out, which would hide a wrong
+    motion-module mapping).
     """
     g = torch.Generator().manual_seed(seed)
     norms = {n for n, m in module.named_modules()
              if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm))}
     out = {}
     for name, p in module.named_parameters():
-        noise = torch.randn(p.shape, generator=g) * std
         owner, _, leaf = name.rpartition(".")
-        out[name] = noise + 1 if owner in norms and leaf == "weight" else noise
+        if p.ndim >= 2:
+            fan_in = p[0].numel()
+            out[name] = torch.randn(p.shape, generator=g) / math.sqrt(fan_in)
+        else:
+            noise = torch.randn(p.shape, generator=g) * std
+            out[name] = noise + 1 if owner in norms and leaf == "weight" else noise
     return out
 
 

@@ -21,6 +21,8 @@ class ReplaceWeights:
     weight: float = 1.0
     source: str = ""
 
+    injection = True  # a customization of the T2I / text weights (Spatial Adapters attach to it)
+
     def apply(self, name, current):
         new = self.tensors.get(name)
         if new is None:
@@ -41,6 +43,10 @@ class LoraPatch:
     strength: float = 1.0
     source: str = ""
 
+    @property
+    def injection(self):
+        return self.target in (T2I, TEXT)
+
     def apply(self, name, current):
         module = name[: -len(".weight")] if name.endswith(".weight") else None
         part = self.parts.get(module) if module else None
@@ -50,6 +56,37 @@ class LoraPatch:
 
     def names(self):
         return {f"{m}.weight" for m in self.parts}
+
+
+@dataclass(repr=False)
+class AdapterPatch:
+    """A Motion Adapter (scale = α) or Spatial Adapters (scale = strength) on the video UNet.
+
+    Merged: folded into the weights while sampling (zero cost). Unmerged: forward hooks.
+    """
+    adapter: object  # adapters.lowrank.LowRankAdapter
+    scale: float = 1.0
+    merged: bool = True
+    source: str = ""
+    target: str = T2I
+    injection = False
+
+    def names(self):
+        if not self.merged or self.scale == 0:
+            return set()
+        spatial = self.adapter.kind == "spatial"
+        return {f"{m}.{p}" for m in self.adapter.targets for p in (("weight", "bias") if spatial else ("weight",))}
+
+    def apply(self, name, current):
+        module, _, _ = name.rpartition(".")
+        if not self.merged or self.scale == 0 or module not in self.adapter.targets:
+            return current  # another patch's tensor (patches are applied per tensor, in order)
+        return self.adapter.merged_weight(module, current, self.scale)
+
+    def hooks(self, unet):
+        if self.merged or self.scale == 0:
+            return []
+        return self.adapter.attach(unet, self.scale)
 
 
 @dataclass
@@ -78,7 +115,7 @@ class VideoModel:
         """Modules of the T2I part whose weights a customization replaced or changed."""
         names = set()
         for p in self.patches:
-            if p.target == T2I:
+            if p.target == T2I and p.injection:
                 names |= {n.rsplit(".", 1)[0] for n in p.names()}
         return sorted(names)
 
@@ -115,6 +152,7 @@ class VideoModel:
         whole video UNet, motion-module patches included.
         """
         backups = []  # (param, original data)
+        handles = []
         try:
             for target in (TEXT, T2I):
                 if target not in targets:
@@ -133,10 +171,16 @@ class VideoModel:
                     value = param.data
                     for p in wanted:
                         value = p.apply(name, value)
-                    if value is not param.data:
-                        backups.append((param, param.data))
+                    original = param.data
+                    if value is not original and value.data_ptr() != original.data_ptr():
+                        backups.append((param, original))
                         param.data = value
+                if target == T2I:
+                    for p in wanted:
+                        handles += p.hooks(module) if hasattr(p, "hooks") else []
             yield self
         finally:
+            for h in handles:
+                h.remove()
             for param, data in reversed(backups):
                 param.data = data

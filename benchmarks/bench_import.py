@@ -121,7 +121,8 @@ def importtime_report(comfy, base, link, n=12):
             except ValueError:
                 pass
     rows.sort(reverse=True)
-    return [f"  {us / 1e6:7.3f} s cumulative  {name.replace(str(link), PACK_NAME)}" for us, name in rows[:n]] or ["  (the pack imported nothing new)"]
+    lines = [f"  {us / 1e6:7.3f} s cumulative  {name.replace(str(link), PACK_NAME)}" for us, name in rows[:n]]
+    return lines or ["  (the pack imported nothing new)"]
 
 
 def main():

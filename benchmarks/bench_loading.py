@@ -192,10 +192,12 @@ def main():
             continue
         med = lambda f: _common.median([f(x) for x in rs])  # noqa: E731
         s = summary[v] = {"load_s": med(lambda x: x["load_s"]), "ready_s": med(lambda x: x["ready_s"]),
-                          "peak_load": med(lambda x: x["after_load"]["peak"]), "peak": med(lambda x: x["peak"]),
+                          "peak_load": med(lambda x: x["after_load"]["peak"]),
+                          "peak": med(lambda x: x["peak"]),
                           "grow": med(lambda x: x["peak"] - x["rss_before"])}
         print(f"  {v:10s} load {s['load_s']:6.2f} s, peak {_common.gib(s['peak_load'])} | ready (weights read) "
-              f"{s['ready_s']:6.2f} s, peak {_common.gib(s['peak'])}, growth over pre-load RSS {_common.gib(s['grow'])}")
+              f"{s['ready_s']:6.2f} s, peak {_common.gib(s['peak'])}, "
+              f"growth over pre-load RSS {_common.gib(s['grow'])}")
     pairs = [("ours", "comfy", "ours incl. motion module / ComfyUI checkpoint only"),
              ("ours-ckpt", "comfy", "ours checkpoint only / ComfyUI checkpoint only"),
              ("ours", "comfy+mm", "ours incl. motion module / ComfyUI ckpt + motion-module file"),
@@ -203,8 +205,9 @@ def main():
     for ours, ref, label in pairs:
         if ours in summary and ref in summary:
             o, c = summary[ours], summary[ref]
-            print(f"RATIO {label}: ready time {o['ready_s'] / c['ready_s']:.2f}x, peak RSS {o['peak'] / c['peak']:.2f}x "
-                  f"(load call alone: time {o['load_s'] / c['load_s']:.2f}x, peak {o['peak_load'] / c['peak_load']:.2f}x)")
+            print(f"RATIO {label}: ready time {o['ready_s'] / c['ready_s']:.2f}x, "
+                  f"peak RSS {o['peak'] / c['peak']:.2f}x (load call alone: time {o['load_s'] / c['load_s']:.2f}x, "
+                  f"peak {o['peak_load'] / c['peak_load']:.2f}x)")
     return 1 if any(v.startswith("ours") for v in failed) else 0
 
 

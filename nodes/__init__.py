@@ -1,5 +1,6 @@
 """ComfyUI glue: maps node inputs to ``adapters`` calls and back."""
 from . import paths
+from .dataset_nodes import ClipsFromImages, GeneratePriorClips, ImageFolderClips, MergeClips, VideoFolderClips
 from .sampler_nodes import SampleVideo
 from .video_model_nodes import InjectCheckpoint, InjectComfyModel, InjectLoRA, LoadMotionLoRA, LoadVideoModel
 
@@ -12,6 +13,11 @@ _NODES = {
     "SM_InjectLoRA": (InjectLoRA, "Inject LoRA"),
     "SM_InjectComfyModel": (InjectComfyModel, "Inject MODEL (customized)"),
     "SM_SampleVideo": (SampleVideo, "Still-Moving Sampler"),
+    "SM_ClipsFromImages": (ClipsFromImages, "Training Clips from Images"),
+    "SM_ImageFolderClips": (ImageFolderClips, "Training Clips from Image Folder"),
+    "SM_VideoFolderClips": (VideoFolderClips, "Training Clips from Video Folder"),
+    "SM_GeneratePriorClips": (GeneratePriorClips, "Generate Prior Videos"),
+    "SM_MergeClips": (MergeClips, "Merge Training Clips"),
 }
 NODE_CLASS_MAPPINGS = {k: v[0] for k, v in _NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {k: f"{v[1]} (Still-Moving)" for k, v in _NODES.items()}

@@ -1,0 +1,265 @@
+"""The one training loop: Motion Adapter and Spatial Adapters on frozen videos.
+
+Everything but the adapter is frozen; gradients flow through the whole video UNet. Each step
+draws its batch, noise and timesteps from a generator seeded by (seed, step), so a run resumed
+from a saved file continues exactly as the uninterrupted run would have.
+"""
+import contextlib
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import lowrank
+from .files import unique_path
+from .lowrank import MOTION, SPATIAL, LowRankAdapter
+from .video_model import T2I, TEXT
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 500
+    learning_rate: float = 1e-4
+    rank: int = 8
+    batch: int = 1
+    frames: int = 16
+    seed: int = 0
+    mixed_precision: str = "no"        # no | bf16 | fp16 (CUDA only)
+    gradient_checkpointing: bool = False
+    save_every: int = 0                # 0: only at the end (and on Cancel)
+    weight_decay: float = 1e-2
+    prior_ratio: float = 0.5           # spatial: share of steps on natural prior videos (α = 0)
+    interleaved: bool = False          # the paper's baseline: stills with temporal layers off
+    target_mode: str = "all"           # spatial: which injected layers get adapters
+
+    def validate(self):
+        if self.steps < 1 or self.batch < 1 or self.frames < 1 or self.rank < 1:
+            raise ValueError("steps, batch, frames and rank must be at least 1")
+        if not 0 <= self.prior_ratio <= 1:
+            raise ValueError(f"prior_ratio must be in [0, 1], got {self.prior_ratio}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision}")
+
+
+@dataclass
+class TrainResult:
+    adapter: LowRankAdapter
+    path: Path
+    step: int
+    losses: list = field(default_factory=list)   # (step, loss, source)
+    cancelled: bool = False
+    seconds: float = 0.0
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def _step_generator(seed, step):
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2 ** 63))
+
+
+def _noise_schedule():
+    """AnimateDiff trained with linear betas 0.00085 -> 0.012 over 1000 steps."""
+    betas = torch.linspace(0.00085, 0.012, 1000, dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0).float()
+
+
+def _clip_latents(clip, frames, frozen, g):
+    """(C, F, h, w) for one training example: a frozen clip (one random frame repeated) or a
+    window of ``frames`` consecutive frames of a natural clip."""
+    lat = clip.latents
+    n = lat.shape[1]
+    if frozen or n == 1:
+        i = int(torch.randint(n, (1,), generator=g))
+        return lat[:, i:i + 1].expand(-1, frames, -1, -1)
+    if n >= frames:
+        start = int(torch.randint(n - frames + 1, (1,), generator=g))
+        return lat[:, start:start + frames]
+    reps = math.ceil(frames / n)
+    return lat.repeat(1, reps, 1, 1)[:, :frames]
+
+
+@contextlib.contextmanager
+def temporal_layers_off(unet):
+    """Bypass every motion module (each returns its input): the video UNet acts as the T2I model."""
+    handles = [m.register_forward_hook(lambda mod, args, out: args[0])
+               for n, m in unet.named_modules() if re.fullmatch(r".*\.motion_modules\.\d+", n)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _optimizer_state(opt, params):
+    out = {}
+    for i, p in enumerate(params):
+        st = opt.state.get(p)
+        if st:
+            for k, v in st.items():
+                out[f"trainer.opt.{i}.{k}"] = v.detach().float().cpu() if torch.is_tensor(v) else torch.tensor(float(v))
+    return out
+
+
+def _load_optimizer_state(opt, params, tensors):
+    for i, p in enumerate(params):
+        keys = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"trainer.opt.{i}.")}
+        if keys:
+            opt.state[p] = {k: (v.to(p.device) if k != "step" else v.clone()) for k, v in keys.items()}
+
+
+def _embed_all(model, clips, device):
+    from .sampling import encode_text
+    captions = sorted({c.caption for c in clips})
+    return {c: encode_text(model, [c], device) for c in captions}
+
+
+def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), motion_adapter=None,
+          resume=None, device="cpu", callback=None, should_stop=None, metadata=None):
+    """Train a Motion Adapter (``kind='motion'``) or Spatial Adapters (``kind='spatial'``).
+
+    motion:  ``custom_clips`` are natural videos; each example is one random frame frozen, α = 1.
+    spatial: ``custom_clips`` are stills of the customized model (frozen, Motion Adapter at α = 1),
+             ``prior_clips`` natural videos (Motion Adapter at α = 0), mixed by ``prior_ratio``.
+    ``callback(step, total, loss, source)`` reports progress; ``should_stop()`` ends the run at
+    the next step with what was trained saved. Returns a ``TrainResult``.
+    """
+    settings.validate()
+    if not custom_clips:
+        raise ValueError("no training clips given")
+    if kind == SPATIAL and motion_adapter is None and not settings.interleaved:
+        raise ValueError("Spatial Adapters train with the Motion Adapter at α = 1 on the frozen stills "
+                         "(without it the model learns static videos); give one, or use interleaved=True.")
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.mixed_precision) if cuda else None
+    info = dict(metadata or {})
+    info.update({"settings": asdict(settings), "motion_version": model.info.get("motion_version"),
+                 "motion_module": Path(model.info.get("motion_module", "?")).name,
+                 "checkpoint": Path(model.info.get("checkpoint", "?")).name,
+                 "motion_fingerprint": lowrank.motion_fingerprint(model)})
+    if kind == SPATIAL:
+        info["base_fingerprint"] = lowrank.t2i_fingerprint(model)
+        info["customized"] = ", ".join(sorted({Path(p.source).name for p in model.patches
+                                               if getattr(p, "injection", False) and p.source})) or "?"
+    start = 0
+    if resume is not None:
+        adapter = LowRankAdapter.load(resume, kind)
+        if adapter.rank != settings.rank:
+            raise ValueError(f"{resume}: the adapter has rank {adapter.rank} but the settings ask for rank "
+                             f"{settings.rank}; resume with rank {adapter.rank} or start a new run.")
+        adapter.check(model, resume)
+        start = int(adapter.metadata.get("step", 0))
+        path = Path(resume)
+    else:
+        targets = None if kind == MOTION else lowrank.spatial_targets(model, settings.target_mode)
+        adapter = LowRankAdapter.for_model(kind, model, settings.rank, targets, seed=settings.seed)
+        path = unique_path(out_path)
+    adapter.metadata.update(info)
+    adapter.to(device)
+    params = list(adapter.parameters())
+    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    if resume is not None:
+        _load_optimizer_state(opt, params, adapter.extra_tensors)
+    losses = []
+    if resume is not None and "trainer.losses" in adapter.extra_tensors:
+        losses = [tuple(r) for r in adapter.extra_tensors["trainer.losses"].tolist()]
+        losses = [(int(s), l, "prior" if src else "custom") for s, l, src in losses]
+    alphas = _noise_schedule().to(device)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    unet = model.unet
+    t0 = time.time()
+
+    def save(step):
+        adapter.metadata["step"] = step
+        extra = _optimizer_state(opt, params)
+        if losses:
+            extra["trainer.losses"] = torch.tensor([[s, l, 1.0 if src == "prior" else 0.0] for s, l, src in losses])
+        adapter.save(path, overwrite=path.exists(), extra_tensors=extra)
+
+    alpha_now = {"value": 1.0}
+    with model.patched(), contextlib.ExitStack() as stack:
+        embeds = _embed_all(model, list(custom_clips) + list(prior_clips), device)
+        handles = adapter.attach(unet, 1.0)
+        if motion_adapter is not None and kind == SPATIAL:
+            motion_adapter.to(device).requires_grad_(False)
+            handles += motion_adapter.attach(unet, lambda: alpha_now["value"])
+        stack.callback(lambda: [h.remove() for h in handles])
+        if settings.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            stack.callback(unet.disable_gradient_checkpointing)
+        unet.train()
+        stack.callback(unet.eval)
+        step = start
+        cancelled = False
+        while step < settings.steps:
+            if should_stop is not None and should_stop():
+                cancelled = True
+                break
+            g = _step_generator(settings.seed, step)
+            use_prior = kind == SPATIAL and prior_clips and float(torch.rand(1, generator=g)) < settings.prior_ratio
+            pool = prior_clips if use_prior else custom_clips
+            idx = torch.randint(len(pool), (settings.batch,), generator=g).tolist()
+            frozen = kind == MOTION or not use_prior
+            lat = torch.stack([_clip_latents(pool[i], settings.frames, frozen, g) for i in idx]).to(device)
+            emb = torch.cat([embeds[pool[i].caption] for i in idx])
+            noise = torch.randn(lat.shape, generator=g).to(device)
+            t = torch.randint(0, 1000, (settings.batch,), generator=g).to(device)
+            a = alphas[t].view(-1, 1, 1, 1, 1)
+            noisy = a.sqrt() * lat + (1 - a).sqrt() * noise
+            alpha_now["value"] = 0.0 if use_prior else 1.0
+            off = temporal_layers_off(unet) if (settings.interleaved and not use_prior) else contextlib.nullcontext()
+            with off, torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=emb.to(model.dtype)
+                            .repeat_interleave(settings.frames, 0)).sample
+                loss = F.mse_loss(pred.float(), noise.float())
+            if not torch.isfinite(loss):
+                save(step)
+                raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}: lower the learning rate "
+                                    f"({settings.learning_rate}) or use bf16/fp32 instead of fp16. What was trained "
+                                    f"before this step is saved in {path}.")
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            step += 1
+            losses.append((step, float(loss), "prior" if use_prior else "custom"))
+            if callback is not None:
+                callback(step, settings.steps, float(loss), "prior" if use_prior else "custom")
+            if settings.save_every and step % settings.save_every == 0 and step < settings.steps:
+                save(step)
+        save(step)
+    adapter.to("cpu")
+    return TrainResult(adapter, path, step, losses, cancelled, time.time() - t0)
+
+
+def loss_curve_image(losses, width=512, height=256):
+    """A small loss plot (PIL image): raw losses faint, a running mean bold; prior steps orange."""
+    from PIL import Image, ImageDraw
+    img = Image.new("RGB", (width, height), (24, 26, 30))
+    d = ImageDraw.Draw(img)
+    if not losses:
+        return img
+    steps = [s for s, _, _ in losses]
+    vals = [max(v, 1e-8) for _, v, _ in losses]
+    lo, hi = math.log10(min(vals)), math.log10(max(vals))
+    hi = hi if hi > lo else lo + 1
+    x = lambda s: 30 + (width - 40) * (s - steps[0]) / max(1, steps[-1] - steps[0])  # noqa: E731
+    y = lambda v: 10 + (height - 30) * (hi - math.log10(max(v, 1e-8))) / (hi - lo)  # noqa: E731
+    for s, v, src in losses:
+        d.point((x(s), y(v)), fill=(200, 130, 60) if src == "prior" else (90, 110, 140))
+    k = max(1, len(vals) // 20)
+    mean = [sum(vals[max(0, i - k):i + 1]) / len(vals[max(0, i - k):i + 1]) for i in range(len(vals))]
+    d.line([(x(s), y(m)) for s, m in zip(steps, mean)], fill=(120, 200, 255), width=2)
+    d.text((32, height - 16), f"steps {steps[0]}-{steps[-1]}  loss {mean[-1]:.4f}", fill=(220, 220, 220))
+    return img

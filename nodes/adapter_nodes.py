@@ -1,0 +1,64 @@
+"""Attaching Still-Moving's Motion Adapter and Spatial Adapters to a video model."""
+from ..adapters import lowrank
+from ..adapters.video_model import AdapterPatch
+from . import paths
+from .video_model_nodes import CATEGORY, VIDEO_MODEL
+
+ADAPTER = "SM_ADAPTER"
+
+
+def adapter_files(kind):
+    files = paths.files("still_moving")
+    return [f for f in files if f.replace("\\", "/").startswith(f"{kind}/")] or files or ["(none)"]
+
+
+def _load(kind, name, adapter):
+    if adapter is not None:
+        if adapter.kind != kind:
+            raise ValueError(f"this input needs a {kind} adapter, got a {adapter.kind} adapter.")
+        return adapter, "(from the graph)"
+    path = paths.full_path("still_moving", name)
+    return lowrank.LowRankAdapter.load(path, kind), path
+
+
+class AttachMotionAdapter:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_model": (VIDEO_MODEL,),
+            "adapter_name": (adapter_files("motion"), {"tooltip": "A Motion Adapter from models/still_moving/motion/."}),
+            "motion_scale": ("FLOAT", {"default": 0.0, "min": -2.0, "max": 2.0, "step": 0.05,
+                                       "tooltip": "α: 0 = the model's own motion, 1 = frozen (static) video, "
+                                                  "negative = more motion than the original."}),
+        }, "optional": {"adapter": (ADAPTER, {"tooltip": "A Motion Adapter straight from the trainer node."})}}
+
+    RETURN_TYPES = (VIDEO_MODEL,)
+    FUNCTION = "attach"
+    CATEGORY = CATEGORY
+
+    def attach(self, video_model, adapter_name, motion_scale, adapter=None):
+        adapter, path = _load(lowrank.MOTION, adapter_name, adapter)
+        adapter.check(video_model, path)
+        return (video_model.with_patch(AdapterPatch(adapter, motion_scale, True, str(path))),)
+
+
+class AttachSpatialAdapters:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_model": (VIDEO_MODEL,),
+            "adapter_name": (adapter_files("spatial"), {"tooltip": "Spatial Adapters from models/still_moving/spatial/, "
+                                                                  "trained for the customized model injected above."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05}),
+            "merge": ("BOOLEAN", {"default": True, "tooltip": "Fold the adapters into the weights while sampling "
+                                                             "(no extra cost); off computes them on the fly."}),
+        }, "optional": {"adapter": (ADAPTER, {"tooltip": "Spatial Adapters straight from the trainer node."})}}
+
+    RETURN_TYPES = (VIDEO_MODEL,)
+    FUNCTION = "attach"
+    CATEGORY = CATEGORY
+
+    def attach(self, video_model, adapter_name, strength, merge, adapter=None):
+        adapter, path = _load(lowrank.SPATIAL, adapter_name, adapter)
+        adapter.check(video_model, path)
+        return (video_model.with_patch(AdapterPatch(adapter, strength, merge, str(path))),)

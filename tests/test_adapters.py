@@ -1,0 +1,168 @@
+"""Motion Adapter and Spatial Adapters: identity at init, merged == unmerged, one file format
+whose loader refuses what does not fit."""
+import types
+
+import pytest
+import torch
+
+from adapters import inject, loading, lowrank, sampling, training
+from adapters.errors import ModelFileError
+from adapters.lowrank import MOTION, SPATIAL, LowRankAdapter
+from adapters.video_model import AdapterPatch
+
+
+@pytest.fixture(scope="module")
+def models(tiny_files):
+    base = loading.load_video_model(tiny_files.checkpoint, tiny_files.motion_files["v2"])
+    custom = inject.inject_checkpoint(base, tiny_files.custom_checkpoint)
+    return base, custom
+
+
+def _embeds(model):
+    return sampling.encode_text(model, ["a red circle"], "cpu"), sampling.encode_text(model, [""], "cpu")
+
+
+def _video(model, **kw):
+    c, u = _embeds(model)
+    return sampling.sample(model, c, u, seed=2, steps=2, cfg=5, width=32, height=32, frames=4, **kw)
+
+
+def _randomize(adapter, seed=0, std=0.05):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.up.values():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return adapter
+
+
+def test_motion_targets_are_temporal_qkv(models):
+    base, _ = models
+    names = lowrank.motion_targets(base.unet)
+    assert names and all(".motion_modules." in n and n.rsplit(".", 1)[1] in ("to_q", "to_k", "to_v") for n in names)
+    assert any(n.startswith("mid_block.") for n in names)  # v2 has a mid-block motion module
+    assert len(names) == 6 * sum(1 for n, _ in base.unet.named_modules() if n.endswith(".transformer_blocks.0")
+                                 and ".motion_modules." in n)
+
+
+def test_spatial_targets_need_injection_and_follow_mode(models):
+    base, custom = models
+    with pytest.raises(ValueError, match="inject"):
+        lowrank.spatial_targets(base)
+    every = lowrank.spatial_targets(custom, "all")
+    attn = lowrank.spatial_targets(custom, "attention")
+    blocks = lowrank.spatial_targets(custom, "block_outputs")
+    assert set(attn) < set(every) and set(blocks) < set(every)
+    assert all(n.endswith(("proj_out", "conv2")) for n in blocks)
+    assert not any(".motion_modules." in n for n in every)
+
+
+@pytest.mark.parametrize("merged", [True, False])
+def test_fresh_adapters_leave_output_bit_identical(models, merged):
+    base, custom = models
+    ref = _video(custom)
+    sp = LowRankAdapter.for_model(SPATIAL, custom, rank=4)
+    mo = LowRankAdapter.for_model(MOTION, base, rank=4)
+    m = custom.with_patch(AdapterPatch(mo, 1.0, merged)).with_patch(AdapterPatch(sp, 1.0, merged))
+    assert torch.equal(_video(m), ref)
+
+
+def test_spatial_merged_equals_unmerged(models):
+    _, custom = models
+    sp = _randomize(LowRankAdapter.for_model(SPATIAL, custom, rank=4))
+    merged = _video(custom.with_patch(AdapterPatch(sp, 0.7, True)))
+    hooked = _video(custom.with_patch(AdapterPatch(sp, 0.7, False)))
+    assert not torch.allclose(merged, _video(custom), atol=1e-3)
+    torch.testing.assert_close(merged, hooked, rtol=1e-3, atol=1e-3)  # float32 order of operations, after CFG
+
+
+def test_motion_merged_equals_unmerged_and_zero_scale_is_identity(models):
+    base, _ = models
+    mo = _randomize(LowRankAdapter.for_model(MOTION, base, rank=4), std=0.2)
+    for alpha in (1.0, -1.0):
+        torch.testing.assert_close(_video(base.with_patch(AdapterPatch(mo, alpha, True))),
+                                   _video(base.with_patch(AdapterPatch(mo, alpha, False))), rtol=1e-3, atol=1e-3)
+    assert torch.equal(_video(base.with_patch(AdapterPatch(mo, 0.0, True))), _video(base))
+
+
+def test_patches_are_undone(models):
+    _, custom = models
+    before = {k: v.clone() for k, v in custom.unet.state_dict().items()}
+    sp = _randomize(LowRankAdapter.for_model(SPATIAL, custom, rank=4))
+    _video(custom.with_patch(AdapterPatch(sp, 1.0, True)))
+    after = custom.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not custom.unet._forward_hooks and all(not m._forward_hooks for m in custom.unet.modules())
+
+
+def test_file_round_trip_and_refusals(models, tiny_files, tmp_path):
+    base, custom = models
+    sp = _randomize(LowRankAdapter.for_model(SPATIAL, custom, rank=4, metadata={
+        "base_fingerprint": lowrank.t2i_fingerprint(custom), "motion_fingerprint": lowrank.motion_fingerprint(custom),
+        "customized": "custom.safetensors"}))
+    path = sp.save(tmp_path / "sp.safetensors")
+    back = LowRankAdapter.load(path, SPATIAL)
+    assert back.rank == 4 and back.targets == sp.targets
+    assert all(torch.equal(back.factors(n)[1], sp.factors(n)[1]) for n in sp.targets)
+    back.check(custom, path)
+    with pytest.raises(FileExistsError):
+        sp.save(path)
+    with pytest.raises(ModelFileError, match="spatial adapter, but this slot needs a motion"):
+        LowRankAdapter.load(path, MOTION)
+    # another customized model (interpolated instead of replaced) is refused
+    other = inject.inject_checkpoint(base, tiny_files.custom_checkpoint, weight=0.5)
+    with pytest.raises(ModelFileError, match="another customized T2I model"):
+        back.check(other, path)
+    # another motion-module version is refused
+    v3 = inject.inject_checkpoint(loading.load_video_model(tiny_files.checkpoint, tiny_files.motion_files["v3"]),
+                                  tiny_files.custom_checkpoint)
+    with pytest.raises(ModelFileError, match="another motion module"):
+        back.check(v3, path)
+    with pytest.raises(ModelFileError, match="not a Still-Moving adapter"):
+        LowRankAdapter.load(tiny_files.checkpoint)
+
+
+def _clips(n=4, frames=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [types.SimpleNamespace(latents=torch.randn(4, frames, 4, 4, generator=g), caption=f"clip {i % 2}")
+            for i in range(n)]
+
+
+def test_resume_after_cancel_matches_uninterrupted_run(models, tmp_path):
+    base, _ = models
+    s = training.TrainSettings(steps=6, learning_rate=1e-3, rank=4, frames=4, seed=3)
+    full = training.train(base, MOTION, s, tmp_path / "full.safetensors", custom_clips=_clips())
+    calls = {"n": 0}
+
+    def stop_after_three():
+        calls["n"] += 1
+        return calls["n"] > 3
+    part = training.train(base, MOTION, s, tmp_path / "part.safetensors", custom_clips=_clips(),
+                          should_stop=stop_after_three)
+    assert part.cancelled and part.step == 3
+    saved = LowRankAdapter.load(part.path, MOTION)  # Cancel left a loadable adapter
+    assert int(saved.metadata["step"]) == 3
+    resumed = training.train(base, MOTION, s, tmp_path / "unused.safetensors", custom_clips=_clips(), resume=part.path)
+    assert resumed.step == 6 and not resumed.cancelled
+    for n in full.adapter.targets:
+        for a, b in zip(full.adapter.factors(n), resumed.adapter.factors(n)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert [round(l, 5) for _, l, _ in full.losses] == [round(l, 5) for _, l, _ in resumed.losses]
+
+
+def test_resume_with_another_rank_is_refused(models, tmp_path):
+    base, _ = models
+    s = training.TrainSettings(steps=1, rank=4, frames=4)
+    res = training.train(base, MOTION, s, tmp_path / "r4.safetensors", custom_clips=_clips())
+    with pytest.raises(ValueError, match="rank 4 but the settings ask for rank 8"):
+        training.train(base, MOTION, training.TrainSettings(steps=2, rank=8, frames=4), tmp_path / "x.safetensors",
+                       custom_clips=_clips(), resume=res.path)
+
+
+def test_nan_loss_stops_with_a_clear_error(models, tmp_path):
+    base, _ = models
+    bad = _clips()
+    bad[0].latents[:] = float("nan")
+    bad = [bad[0]]
+    with pytest.raises(training.NonFiniteLoss, match="lower the learning rate"):
+        training.train(base, MOTION, training.TrainSettings(steps=2, rank=4, frames=4), tmp_path / "n.safetensors",
+                       custom_clips=bad)
