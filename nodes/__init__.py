@@ -1,7 +1,9 @@
 """ComfyUI glue: maps node inputs to ``adapters`` calls and back."""
 from . import paths
+from .adapter_nodes import AttachMotionAdapter, AttachSpatialAdapters, LoadAdapter
 from .dataset_nodes import ClipsFromImages, GeneratePriorClips, ImageFolderClips, MergeClips, VideoFolderClips
 from .sampler_nodes import SampleVideo
+from .training_nodes import TrainMotionAdapter, TrainSpatialAdapters
 from .video_model_nodes import InjectCheckpoint, InjectComfyModel, InjectLoRA, LoadMotionLoRA, LoadVideoModel
 
 paths.register()
@@ -13,6 +15,11 @@ _NODES = {
     "SM_InjectLoRA": (InjectLoRA, "Inject LoRA"),
     "SM_InjectComfyModel": (InjectComfyModel, "Inject MODEL (customized)"),
     "SM_SampleVideo": (SampleVideo, "Still-Moving Sampler"),
+    "SM_AttachMotionAdapter": (AttachMotionAdapter, "Attach Motion Adapter"),
+    "SM_AttachSpatialAdapters": (AttachSpatialAdapters, "Attach Spatial Adapters"),
+    "SM_LoadAdapter": (LoadAdapter, "Load Still-Moving Adapter"),
+    "SM_TrainMotionAdapter": (TrainMotionAdapter, "Train Motion Adapter"),
+    "SM_TrainSpatialAdapters": (TrainSpatialAdapters, "Train Spatial Adapters"),
     "SM_ClipsFromImages": (ClipsFromImages, "Training Clips from Images"),
     "SM_ImageFolderClips": (ImageFolderClips, "Training Clips from Image Folder"),
     "SM_VideoFolderClips": (VideoFolderClips, "Training Clips from Video Folder"),

@@ -8,8 +8,8 @@ ADAPTER = "SM_ADAPTER"
 
 
 def adapter_files(kind):
-    files = paths.files("still_moving")
-    return [f for f in files if f.replace("\\", "/").startswith(f"{kind}/")] or files or ["(none)"]
+    files = [f for f in paths.files("still_moving") if f.replace("\\", "/").startswith(kind)]
+    return files or ["(none)"]
 
 
 def _load(kind, name, adapter):
@@ -62,3 +62,19 @@ class AttachSpatialAdapters:
         adapter, path = _load(lowrank.SPATIAL, adapter_name, adapter)
         adapter.check(video_model, path)
         return (video_model.with_patch(AdapterPatch(adapter, strength, merge, str(path))),)
+
+
+class LoadAdapter:
+    """A saved Motion Adapter or Spatial Adapters as a graph value (e.g. to train Spatial Adapters)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"adapter_name": (adapter_files(""), {"tooltip": "A file from models/still_moving/."})}}
+
+    RETURN_TYPES = (ADAPTER,)
+    RETURN_NAMES = ("adapter",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, adapter_name):
+        return (lowrank.LowRankAdapter.load(paths.full_path("still_moving", adapter_name)),)

@@ -52,7 +52,8 @@ class _Trainer:
     RETURN_TYPES = (ADAPTER, "STRING", "IMAGE")
     RETURN_NAMES = ("adapter", "path", "loss_curve")
 
-    def _train(self, kind, video_model, custom, prior, motion_adapter, s, name, resume_from, unique_id):
+    def _train(self, kind, video_model, custom, prior, motion_adapter, s, width, height, name, resume_from,
+               unique_id):
         import numpy as np
         import torch
         from server import PromptServer
@@ -60,7 +61,6 @@ class _Trainer:
         comfy_glue.make_room()
         resume = None if resume_from == "none" else comfy_glue_full_path(resume_from)
         bar = comfy.utils.ProgressBar(s.steps)
-        state = {"last": 0}
 
         def callback(step, total, loss, source):
             PromptServer.instance.send_sync(LOSS_EVENT, {"node": unique_id, "step": step, "total": total,
@@ -69,24 +69,16 @@ class _Trainer:
 
         with video_model.on_device(device):
             with torch.no_grad():
-                custom_l = data.encode_clips(video_model.vae, custom, s.width, s.height)
-                prior_l = data.encode_clips(video_model.vae, prior, s.width, s.height) if prior else []
+                custom_l = data.encode_clips(video_model.vae, custom, width, height)
+                prior_l = data.encode_clips(video_model.vae, prior, width, height) if prior else []
             result = training.train(
-                video_model, kind, s.settings, _out_path(kind, name), custom_clips=custom_l, prior_clips=prior_l,
+                video_model, kind, s, _out_path(kind, name), custom_clips=custom_l, prior_clips=prior_l,
                 motion_adapter=motion_adapter, resume=resume, device=device, callback=callback,
                 should_stop=mm.processing_interrupted)
         curve = training.loss_curve_image(result.losses)
         image = torch.from_numpy(np.asarray(curve, dtype=np.float32) / 255.0)[None]
         mm.throw_exception_if_processing_interrupted()  # Cancel: saved above, now stop the graph
         return (result.adapter, str(result.path), image)
-
-
-class _Size:
-    """Settings plus the resolution clips are encoded at."""
-
-    def __init__(self, width, height, settings):
-        self.width, self.height, self.settings = width, height, settings
-        self.steps = settings.steps
 
 
 def _resume_choices(kind):
@@ -110,7 +102,7 @@ class TrainMotionAdapter(_Trainer):
               mixed_precision, gradient_checkpointing, save_every, name, resume_from="none", unique_id=None):
         s = training.TrainSettings(steps, learning_rate, rank, batch, frames, seed, mixed_precision,
                                    gradient_checkpointing, save_every)
-        return self._train(lowrank.MOTION, video_model, videos, [], None, _Size(width, height, s), name,
+        return self._train(lowrank.MOTION, video_model, videos, [], None, s, width, height, name,
                            resume_from, unique_id)
 
 
@@ -143,4 +135,4 @@ class TrainSpatialAdapters(_Trainer):
                                    gradient_checkpointing, save_every, prior_ratio=prior_ratio,
                                    interleaved=interleaved, target_mode=target_layers)
         return self._train(lowrank.SPATIAL, video_model, customized_stills, prior_videos, motion_adapter,
-                           _Size(width, height, s), name, resume_from, unique_id)
+                           s, width, height, name, resume_from, unique_id)

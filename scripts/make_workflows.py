@@ -93,8 +93,93 @@ def injection_vs_interpolation():
     g.save("injection_vs_interpolation.json")
 
 
+MOTION_ADAPTER, SPATIAL_ADAPTERS = "motion/motion_adapter.safetensors", "spatial/spatial_adapters.safetensors"
+CLIPS = ("clips", "SM_CLIPS")
+ADAPTER = ("adapter", "SM_ADAPTER")
+TRAIN_OUT = [ADAPTER, ("path", "STRING"), ("loss_curve", "IMAGE")]
+
+
+def train_motion_adapter():
+    """Base video model -> prior videos made by itself (or your own: Training Clips from Video
+    Folder) -> Train Motion Adapter."""
+    g = Graph()
+    load = loader(g, 0)
+    vids = g.node("SM_GeneratePriorClips", (360, 0), [
+        "a dog running on the beach\na car driving through a city at night\nwaves crashing on rocks\n"
+        "a person walking in a park", 16, 0, "fixed", 16, 256, 256, 20, 7.5, "blurry, low quality"],
+        inputs=[VM], outputs=[CLIPS, ("count", "INT")])
+    train = g.node("SM_TrainMotionAdapter", (720, 0), [2000, 1e-4, 8, 1, 16, 256, 256, 0, "bf16", True, 500,
+                                                       "motion_adapter", "none"],
+                   inputs=[VM, ("videos", "SM_CLIPS")], outputs=TRAIN_OUT)
+    prev = g.node("PreviewImage", (1080, 0), inputs=[("images", "IMAGE")], title="Loss curve")
+    g.link(load, 0, vids, "video_model")
+    g.link(load, 0, train, "video_model")
+    g.link(vids, 0, train, "videos")
+    g.link(train, 2, prev, "images")
+    g.save("train_motion_adapter.json")
+
+
+def train_spatial_adapters():
+    """Stills from the customized checkpoint (native KSampler) + prior videos -> Spatial Adapters."""
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", (0, 400), [CUSTOM], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+                title="Customized checkpoint (makes the stills)")
+    pos = g.node("CLIPTextEncode", (360, 400), ["a photo of sks dog"], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")])
+    neg = g.node("CLIPTextEncode", (360, 560), ["blurry, low quality"], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")])
+    empty = g.node("EmptyLatentImage", (360, 720), [512, 512, 8], outputs=[("LATENT", "LATENT")])
+    ks = g.node("KSampler", (720, 400), [7, "fixed", 25, 7.5, "euler", "normal", 1.0],
+                inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                        ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")])
+    dec = g.node("VAEDecode", (1080, 400), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")])
+    stills = g.node("SM_ClipsFromImages", (1080, 560), ["a photo of sks dog"], inputs=[("images", "IMAGE")],
+                    outputs=[CLIPS, ("count", "INT")])
+    load = loader(g, 0)
+    inj = g.node("SM_InjectCheckpoint", (360, 0), [CUSTOM, 1.0, True], inputs=[VM], outputs=[VM])
+    prior = g.node("SM_GeneratePriorClips", (360, 160), [
+        "a dog running on the beach\na car driving through a city at night\nwaves crashing on rocks", 16, 0,
+        "fixed", 16, 256, 256, 20, 7.5, "blurry, low quality"], inputs=[VM], outputs=[CLIPS, ("count", "INT")],
+        title="Prior videos (base model)")
+    mad = g.node("SM_LoadAdapter", (720, 160), [MOTION_ADAPTER], outputs=[ADAPTER])
+    train = g.node("SM_TrainSpatialAdapters", (1440, 0), [1000, 1e-4, 16, 1, 16, 256, 256, 0, "bf16", True, 250,
+                                                          "spatial_adapters", 0.5, "all", False, "none"],
+                   inputs=[VM, ("motion_adapter", "SM_ADAPTER"), ("customized_stills", "SM_CLIPS"),
+                           ("prior_videos", "SM_CLIPS")], outputs=TRAIN_OUT)
+    prev = g.node("PreviewImage", (1800, 0), inputs=[("images", "IMAGE")], title="Loss curve")
+    for a, slot, b, name in [(ck, 1, pos, "clip"), (ck, 1, neg, "clip"), (ck, 0, ks, "model"), (pos, 0, ks, "positive"),
+                             (neg, 0, ks, "negative"), (empty, 0, ks, "latent_image"), (ks, 0, dec, "samples"),
+                             (ck, 2, dec, "vae"), (dec, 0, stills, "images"), (load, 0, inj, "video_model"),
+                             (load, 0, prior, "video_model"), (inj, 0, train, "video_model"),
+                             (mad, 0, train, "motion_adapter"), (stills, 0, train, "customized_stills"),
+                             (prior, 0, train, "prior_videos"), (train, 2, prev, "images")]:
+        g.link(a, slot, b, name)
+    g.save("train_spatial_adapters.json")
+
+
+def generate_with_adapters():
+    """Customized checkpoint injected + Spatial Adapters + Motion Adapter as a motion slider."""
+    g = Graph()
+    load = loader(g, 0)
+    inj = g.node("SM_InjectCheckpoint", (360, 0), [CUSTOM, 1.0, True], inputs=[VM], outputs=[VM])
+    sp = g.node("SM_AttachSpatialAdapters", (720, 0), [SPATIAL_ADAPTERS, 1.0, True], inputs=[VM], outputs=[VM])
+    mo = g.node("SM_AttachMotionAdapter", (1080, 0), [MOTION_ADAPTER, -0.3], inputs=[VM], outputs=[VM],
+                title="Motion Adapter as motion slider (negative = more motion)")
+    samp = sampler(g, (1440, 0))
+    save = save_webp(g, (1800, 0), "still_moving/still_moving")
+    g.link(load, 0, inj, "video_model")
+    g.link(inj, 0, sp, "video_model")
+    g.link(sp, 0, mo, "video_model")
+    g.link(mo, 0, samp, "video_model")
+    g.link(samp, 1, save, "images")
+    g.save("generate_with_adapters.json")
+
+
 if __name__ == "__main__":
     OUT.mkdir(exist_ok=True)
     text_to_video()
     injection_vs_interpolation()
+    train_motion_adapter()
+    train_spatial_adapters()
+    generate_with_adapters()
     print("wrote", *sorted(p.name for p in OUT.glob("*.json")))
