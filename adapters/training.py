@@ -198,46 +198,52 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
         stack.callback(unet.eval)
         step = start
         cancelled = False
-        while step < settings.steps:
-            if should_stop is not None and should_stop():
-                cancelled = True
-                break
-            g = _step_generator(settings.seed, step)
-            use_prior = kind == SPATIAL and prior_clips and float(torch.rand(1, generator=g)) < settings.prior_ratio
-            pool = prior_clips if use_prior else custom_clips
-            idx = torch.randint(len(pool), (settings.batch,), generator=g).tolist()
-            frozen = kind == MOTION or not use_prior
-            lat = torch.stack([_clip_latents(pool[i], settings.frames, frozen, g) for i in idx]).to(device)
-            emb = torch.cat([embeds[pool[i].caption] for i in idx])
-            noise = torch.randn(lat.shape, generator=g).to(device)
-            t = torch.randint(0, 1000, (settings.batch,), generator=g).to(device)
-            a = alphas[t].view(-1, 1, 1, 1, 1)
-            noisy = a.sqrt() * lat + (1 - a).sqrt() * noise
-            alpha_now["value"] = 0.0 if use_prior else 1.0
-            off = temporal_layers_off(unet) if (settings.interleaved and not use_prior) else contextlib.nullcontext()
-            with off, torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=emb.to(model.dtype)
-                            .repeat_interleave(settings.frames, 0)).sample
-                loss = F.mse_loss(pred.float(), noise.float())
-            if not torch.isfinite(loss):
-                save(step)
-                raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}: lower the learning rate "
-                                    f"({settings.learning_rate}) or use bf16/fp32 instead of fp16. What was trained "
-                                    f"before this step is saved in {path}.")
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            step += 1
-            losses.append((step, float(loss), "prior" if use_prior else "custom"))
-            if callback is not None:
-                callback(step, settings.steps, float(loss), "prior" if use_prior else "custom")
-            if settings.save_every and step % settings.save_every == 0 and step < settings.steps:
-                save(step)
+        try:
+            while step < settings.steps:
+                if should_stop is not None and should_stop():
+                    cancelled = True
+                    break
+                g = _step_generator(settings.seed, step)
+                use_prior = kind == SPATIAL and prior_clips and float(torch.rand(1, generator=g)) < settings.prior_ratio
+                pool = prior_clips if use_prior else custom_clips
+                idx = torch.randint(len(pool), (settings.batch,), generator=g).tolist()
+                frozen = kind == MOTION or not use_prior
+                lat = torch.stack([_clip_latents(pool[i], settings.frames, frozen, g) for i in idx]).to(device)
+                emb = torch.cat([embeds[pool[i].caption] for i in idx])
+                noise = torch.randn(lat.shape, generator=g).to(device)
+                t = torch.randint(0, 1000, (settings.batch,), generator=g).to(device)
+                a = alphas[t].view(-1, 1, 1, 1, 1)
+                noisy = a.sqrt() * lat + (1 - a).sqrt() * noise
+                alpha_now["value"] = 0.0 if use_prior else 1.0
+                off = temporal_layers_off(unet) if (settings.interleaved and not use_prior) else contextlib.nullcontext()
+                with off, torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=emb.to(model.dtype)
+                                .repeat_interleave(settings.frames, 0)).sample
+                    loss = F.mse_loss(pred.float(), noise.float())
+                if not torch.isfinite(loss):
+                    save(step)
+                    raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}: lower the learning rate "
+                                        f"({settings.learning_rate}) or use bf16/fp32 instead of fp16. What was trained "
+                                        f"before this step is saved in {path}.")
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                step += 1
+                losses.append((step, float(loss), "prior" if use_prior else "custom"))
+                if callback is not None:
+                    callback(step, settings.steps, float(loss), "prior" if use_prior else "custom")
+                if settings.save_every and step % settings.save_every == 0 and step < settings.steps:
+                    save(step)
+        except NonFiniteLoss:
+            raise
+        except BaseException:
+            save(step)  # Cancel raised by a progress hook, Ctrl-C on the CLI: keep what was trained
+            raise
         save(step)
     adapter.to("cpu")
     return TrainResult(adapter, path, step, losses, cancelled, time.time() - t0)

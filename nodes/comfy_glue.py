@@ -65,3 +65,25 @@ def conditioning_tensor(cond):
     if not cond:
         return None
     return cond[0][0]
+
+
+def leave_inference_mode(video_model, *adapters):
+    """Swap inference tensors (created while ComfyUI ran the loader nodes) for ordinary copies,
+    once, so autograd can use the frozen weights; values are unchanged."""
+    import torch
+    modules = [video_model.unet, video_model.text_encoder, video_model.vae] + [a for a in adapters if a is not None]
+    with torch.inference_mode(False):
+        for module in modules:
+            for sub in module.modules():
+                for name, p in list(sub._parameters.items()):
+                    if p is not None and p.is_inference():
+                        sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+                for name, b in list(sub._buffers.items()):
+                    if b is not None and b.is_inference():
+                        sub._buffers[name] = b.clone()
+        for patch in video_model.patches:
+            tensors = getattr(patch, "tensors", None)
+            if tensors:
+                for k, v in tensors.items():
+                    if v.is_inference():
+                        tensors[k] = v.clone()

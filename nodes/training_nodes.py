@@ -45,6 +45,12 @@ def comfy_glue_full_path(name):
     return paths.full_path("still_moving", name)
 
 
+def _plain(clips):
+    """Clips whose frames are ordinary tensors (frames made by other nodes are inference tensors)."""
+    import dataclasses
+    return [dataclasses.replace(c, frames=c.frames.clone()) if c.frames.is_inference() else c for c in clips]
+
+
 class _Trainer:
     CATEGORY = "Still-Moving/training"
     FUNCTION = "train"
@@ -67,10 +73,13 @@ class _Trainer:
                                                          "loss": loss, "source": source})
             bar.update_absolute(step, total, None)
 
-        with video_model.on_device(device):
+        # ComfyUI runs nodes under inference_mode; training needs autograd, and tensors made in
+        # inference mode (the loaded weights, the clips) cannot take part in it.
+        with torch.inference_mode(False), torch.enable_grad(), video_model.on_device(device):
+            comfy_glue.leave_inference_mode(video_model, motion_adapter)
             with torch.no_grad():
-                custom_l = data.encode_clips(video_model.vae, custom, width, height)
-                prior_l = data.encode_clips(video_model.vae, prior, width, height) if prior else []
+                custom_l = data.encode_clips(video_model.vae, _plain(custom), width, height)
+                prior_l = data.encode_clips(video_model.vae, _plain(prior), width, height) if prior else []
             result = training.train(
                 video_model, kind, s, _out_path(kind, name), custom_clips=custom_l, prior_clips=prior_l,
                 motion_adapter=motion_adapter, resume=resume, device=device, callback=callback,

@@ -7,12 +7,22 @@ import torch
 
 from comfy_host import ComfyError
 
-WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
+WORKFLOW_DIR = Path(__file__).resolve().parent.parent / "workflows"
+# training first: the generation workflow uses the adapters they write
+ORDER = ["train_motion_adapter", "train_spatial_adapters", "generate_with_adapters"]
+WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else -1, p.stem))
 PACK_NODES = {"SM_LoadVideoModel", "SM_LoadMotionLoRA", "SM_InjectCheckpoint", "SM_InjectLoRA",
               "SM_InjectComfyModel", "SM_SampleVideo", "SM_AttachMotionAdapter", "SM_AttachSpatialAdapters",
               "SM_TrainMotionAdapter", "SM_TrainSpatialAdapters", "SM_LoadAdapter", "SM_ClipsFromImages", "SM_ImageFolderClips",
               "SM_VideoFolderClips", "SM_GeneratePriorClips", "SM_MergeClips"}
-SMALL = {"steps": 2, "width": 64, "height": 64, "frames": 8}
+SMALL = {  # per node type: what makes an example workflow CI-sized on the small models
+    "SM_SampleVideo": {"steps": 2, "width": 64, "height": 64, "frames": 8},
+    "SM_TrainMotionAdapter": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0},
+    "SM_TrainSpatialAdapters": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0},
+    "SM_GeneratePriorClips": {"count": 2, "steps": 1, "width": 64, "height": 64, "frames": 4},
+    "KSampler": {"steps": 1},
+    "EmptyLatentImage": {"width": 64, "height": 64, "batch_size": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +37,7 @@ def host(comfy, comfy_files):
 
 def small(graph):
     for node in graph.values():
-        if node["class_type"] == "SM_SampleVideo":
-            node["inputs"].update(SMALL)
+        node["inputs"].update(SMALL.get(node["class_type"], {}))
     return graph
 
 
@@ -46,7 +55,14 @@ def test_workflow_runs(host, path):
     graph = small(host.workflow_to_api(json.loads(path.read_text())))
     result = host.run(graph)
     samplers = [k for k, v in graph.items() if v["class_type"] == "SM_SampleVideo"]
-    assert samplers
+    trainers = [k for k, v in graph.items() if v["class_type"].startswith("SM_Train")]
+    assert samplers or trainers
+    for k in trainers:
+        adapter, path, curve = (result.outputs[k][i][0] for i in range(3))
+        assert Path(path).is_file() and Path(path).parent.parent.name == "still_moving"
+        assert adapter.metadata["step"] == 2 and curve.shape[0] == 1 and curve.shape[-1] == 3
+        losses = [e for e, _ in result.messages if e == "still_moving.loss"]
+        assert len(losses) >= 2
     for k in samplers:
         latent, frames = result.outputs[k][0][0], result.outputs[k][1][0]
         assert tuple(latent["samples"].shape) == (8, 4, 8, 8)
@@ -54,7 +70,7 @@ def test_workflow_runs(host, path):
         progress = [p for p in result.events("progress") if p["node"] == k]
         assert [p["value"] for p in progress] == [1, 2]
     for k, node in graph.items():
-        if node["class_type"] == "VAEDecode":
+        if node["class_type"] == "VAEDecode" and graph[node["inputs"]["samples"][0]]["class_type"] == "SM_SampleVideo":
             assert tuple(result.outputs[k][0][0].shape) == (8, 64, 64, 3)
         if node["class_type"] == "SaveAnimatedWEBP":
             saved = result.ui[k]["images"]
@@ -169,3 +185,37 @@ def test_sdxl_motion_module_error(host, tmp_path):
 
 class ComfyFilesNames:
     BASE = "v1-5-pruned-emaonly.safetensors"
+
+
+def test_cancel_training_keeps_what_was_trained(host, comfy_files):
+    """Cancel during training: the graph stops, and the adapter trained so far is saved and loads."""
+    import comfy.model_management as mm
+    from server import PromptServer
+    from adapters.lowrank import LowRankAdapter
+    cf = comfy_files
+    sent = PromptServer.instance.send_sync
+
+    def cancel_on_second_step(event, data, sid=None):
+        sent(event, data, sid)
+        if event == "still_moving.loss" and data["step"] == 2:
+            mm.interrupt_current_processing(True)
+    PromptServer.instance.send_sync = cancel_on_second_step
+    graph = _load(cf) | {
+        "vids": {"class_type": "SM_GeneratePriorClips", "inputs": {
+            "video_model": ["load", 0], "prompts": "a dog", "count": 1, "seed": 0, "frames": 4, "width": 64,
+            "height": 64, "steps": 1, "cfg": 5.0}},
+        "train": {"class_type": "SM_TrainMotionAdapter", "inputs": {
+            "video_model": ["load", 0], "videos": ["vids", 0], "steps": 50, "learning_rate": 1e-4, "rank": 4,
+            "batch": 1, "frames": 4, "width": 64, "height": 64, "seed": 0, "mixed_precision": "no",
+            "gradient_checkpointing": False, "save_every": 0, "name": "cancelled_run"}},
+        "out": {"class_type": "PreviewImage", "inputs": {"images": ["train", 2]}}}
+    try:
+        result = host.run(graph, raise_on_error=False)
+    finally:
+        PromptServer.instance.send_sync = sent
+        mm.interrupt_current_processing(False)
+    assert result.events("execution_interrupted")
+    saved = sorted((host.models_dir / "still_moving" / "motion").glob("cancelled_run*.safetensors"))
+    assert saved, "Cancel must leave the adapter trained so far"
+    adapter = LowRankAdapter.load(saved[-1], "motion")
+    assert 2 <= int(adapter.metadata["step"]) < 50
