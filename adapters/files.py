@@ -147,7 +147,9 @@ def save_safetensors(tensors, path, metadata=None, overwrite=False):
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     tmp = temp_file_beside(path)
     try:
+        mode = os.stat(tmp).st_mode
         save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.chmod(tmp, mode)  # save_file recreates the file owner-only
         if overwrite:
             os.replace(tmp, path)
         else:

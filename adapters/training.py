@@ -120,8 +120,17 @@ def _embed_all(model, clips, device):
     return {c: encode_text(model, [c], device) for c in captions}
 
 
+def _average_gradients(accelerator, params):
+    """Data parallelism by hand: the adapter lives in hooks outside the UNet, so there is no module
+    for DDP to wrap. One all-reduce of all adapter gradients keeps every process's copy equal."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad = g.view_as(p)
+
+
 def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), motion_adapter=None,
-          resume=None, device="cpu", callback=None, should_stop=None, metadata=None):
+          resume=None, device="cpu", callback=None, should_stop=None, metadata=None, accelerator=None):
     """Train a Motion Adapter (``kind='motion'``) or Spatial Adapters (``kind='spatial'``).
 
     motion:  ``custom_clips`` are natural videos; each example is one random frame frozen, α = 1.
@@ -129,6 +138,12 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
              ``prior_clips`` natural videos (Motion Adapter at α = 0), mixed by ``prior_ratio``.
     ``callback(step, total, loss, source)`` reports progress; ``should_stop()`` ends the run at
     the next step with what was trained saved. Returns a ``TrainResult``.
+
+    ``accelerator`` (an ``accelerate.Accelerator``, e.g. under ``accelerate launch``): data-parallel
+    training on ``accelerator.device``. Each process draws its own batches, the loss and the adapter
+    gradients are averaged over the processes every step, and only the main process reports and
+    writes files; ``should_stop`` must then answer alike on every process. With one process the run
+    is the same as without an accelerator.
     """
     settings.validate()
     if not custom_clips:
@@ -136,7 +151,9 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
     if kind == SPATIAL and motion_adapter is None and not settings.interleaved:
         raise ValueError("Spatial Adapters train with the Motion Adapter at α = 1 on the frozen stills "
                          "(without it the model learns static videos); give one, or use interleaved=True.")
-    device = torch.device(device)
+    procs, rank = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
+    main = accelerator is None or accelerator.is_main_process
+    device = torch.device(accelerator.device if accelerator is not None else device)
     cuda = device.type == "cuda"
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.mixed_precision) if cuda else None
     info = dict(metadata or {})
@@ -177,6 +194,8 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
     t0 = time.time()
 
     def save(step):
+        if not main:
+            return
         adapter.metadata["step"] = step
         extra = _optimizer_state(opt, params)
         if losses:
@@ -203,7 +222,7 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
                 if should_stop is not None and should_stop():
                     cancelled = True
                     break
-                g = _step_generator(settings.seed, step)
+                g = _step_generator(settings.seed, step * procs + rank)  # one process: step
                 use_prior = kind == SPATIAL and prior_clips and float(torch.rand(1, generator=g)) < settings.prior_ratio
                 pool = prior_clips if use_prior else custom_clips
                 idx = torch.randint(len(pool), (settings.batch,), generator=g).tolist()
@@ -220,23 +239,26 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
                     pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=emb.to(model.dtype)
                                 .repeat_interleave(settings.frames, 0)).sample
                     loss = F.mse_loss(pred.float(), noise.float())
-                if not torch.isfinite(loss):
+                # averaged so every process logs the same value and a NaN anywhere stops them all
+                shown = accelerator.reduce(loss.detach(), reduction="mean") if procs > 1 else loss.detach()
+                if not torch.isfinite(shown):
                     save(step)
-                    raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}: lower the learning rate "
+                    raise NonFiniteLoss(f"the loss became {shown.item()} at step {step}: lower the learning rate "
                                         f"({settings.learning_rate}) or use bf16/fp32 instead of fp16. What was trained "
                                         f"before this step is saved in {path}.")
                 opt.zero_grad(set_to_none=True)
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+                if procs > 1:
+                    _average_gradients(accelerator, params)
                 if scaler is not None:
-                    scaler.scale(loss).backward()
                     scaler.step(opt)
                     scaler.update()
                 else:
-                    loss.backward()
                     opt.step()
                 step += 1
-                losses.append((step, float(loss), "prior" if use_prior else "custom"))
-                if callback is not None:
-                    callback(step, settings.steps, float(loss), "prior" if use_prior else "custom")
+                losses.append((step, float(shown), "prior" if use_prior else "custom"))
+                if callback is not None and main:
+                    callback(step, settings.steps, float(shown), "prior" if use_prior else "custom")
                 if settings.save_every and step % settings.save_every == 0 and step < settings.steps:
                     save(step)
         except NonFiniteLoss:
@@ -244,6 +266,8 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
         except BaseException:
             save(step)  # Cancel raised by a progress hook, Ctrl-C on the CLI: keep what was trained
             raise
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
         save(step)
     adapter.to("cpu")
     return TrainResult(adapter, path, step, losses, cancelled, time.time() - t0)
@@ -269,3 +293,26 @@ def loss_curve_image(losses, width=512, height=256):
     d.line([(x(s), y(m)) for s, m in zip(steps, mean)], fill=(120, 200, 255), width=2)
     d.text((32, height - 16), f"steps {steps[0]}-{steps[-1]}  loss {mean[-1]:.4f}", fill=(220, 220, 220))
     return img
+
+
+def mean_loss(model, clips, frames, frozen, seed=0, samples=8, device="cpu"):
+    """Diffusion loss of ``model`` (with its patches: injection, adapters at their scales) on
+    ``clips``, over a fixed set of noises and timesteps: a yardstick comparable across runs."""
+    from .sampling import encode_text
+    device = torch.device(device)
+    alphas = _noise_schedule().to(device)
+    total = 0.0
+    with model.patched(), torch.no_grad():
+        embeds = {c.caption: encode_text(model, [c.caption], device) for c in clips}
+        for i in range(samples):
+            g = _step_generator(seed + 7919, i)
+            clip = clips[int(torch.randint(len(clips), (1,), generator=g))]
+            lat = _clip_latents(clip, frames, frozen, g)[None].to(device)
+            noise = torch.randn(lat.shape, generator=g).to(device)
+            t = torch.randint(0, 1000, (1,), generator=g).to(device)
+            a = alphas[t].view(-1, 1, 1, 1, 1)
+            noisy = a.sqrt() * lat + (1 - a).sqrt() * noise
+            pred = model.unet(noisy.to(model.dtype), t, encoder_hidden_states=embeds[clip.caption].to(model.dtype)
+                              .repeat_interleave(frames, 0)).sample
+            total += F.mse_loss(pred.float(), noise.float()).item()
+    return total / samples
