@@ -135,6 +135,10 @@ def clip_config(clip_sd, path=None):
         "max_position_embeddings": clip_sd["embeddings.position_embedding.weight"].shape[0],
         "projection_dim": width,
         "hidden_act": "quick_gelu",
+        # CLIP's vocabularies end with <|startoftext|>, <|endoftext|> (49406, 49407 in SD1.5's)
+        "bos_token_id": emb.shape[0] - 2,
+        "eos_token_id": emb.shape[0] - 1,
+        "pad_token_id": emb.shape[0] - 1,
     }
 
 

@@ -29,7 +29,8 @@ REAL_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, lat
                 up_block_types=("UpDecoderBlock2D",) * 4)
 # text-encoder heads cannot be read from shapes: the loader assumes SD1.5's 64 channels per head
 TINY_CLIP = dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                 num_attention_heads=1, max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu")
+                 num_attention_heads=1, max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu",
+                 bos_token_id=512, eos_token_id=513, pad_token_id=513)
 REAL_CLIP = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                  num_attention_heads=12, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")
 SIZES = {"tiny": (TINY_UNET, TINY_VAE, TINY_CLIP), "comfy": (COMFY_UNET, REAL_VAE, REAL_CLIP),

@@ -190,3 +190,26 @@ def test_spatial_training_fits_the_customized_stills_and_keeps_the_prior(models,
     assert after[0] < 0.9 * before[0]
     assert after[1] < 1.05 * before[1]
     assert {src for _, _, src in res.losses} == {"custom", "prior"}
+
+
+def test_interleaved_baseline_turns_temporal_layers_off_for_stills(models, tmp_path):
+    """The paper's interleaved baseline: with the temporal layers off each frame is denoised on
+    its own (changing one frame's input leaves the others' output alone); training runs."""
+    base, custom = models
+    x = torch.randn(1, 4, 4, 4, 4)
+    y = x.clone()
+    y[:, :, 0] += 1.0
+    emb = torch.randn(4, 7, 32)
+    with torch.no_grad(), training.temporal_layers_off(base.unet):
+        a = base.unet(x, torch.tensor(500), encoder_hidden_states=emb).sample
+        b = base.unet(y, torch.tensor(500), encoder_hidden_states=emb).sample
+    assert torch.equal(a[:, :, 1:], b[:, :, 1:]) and not torch.equal(a[:, :, 0], b[:, :, 0])
+    with torch.no_grad():
+        a = base.unet(x, torch.tensor(500), encoder_hidden_states=emb).sample
+        b = base.unet(y, torch.tensor(500), encoder_hidden_states=emb).sample
+    assert not torch.equal(a[:, :, 1:], b[:, :, 1:])  # with them on, frames talk to each other
+    g = torch.Generator().manual_seed(1)
+    stills = [types.SimpleNamespace(latents=torch.randn(4, 1, 4, 4, generator=g), caption="sks dog")]
+    s = training.TrainSettings(steps=4, learning_rate=1e-3, rank=4, frames=4, interleaved=True, prior_ratio=0.5)
+    res = training.train(custom, SPATIAL, s, tmp_path / "il.safetensors", custom_clips=stills, prior_clips=_clips())
+    assert res.step == 4 and res.adapter.metadata["settings"]["interleaved"] is True
