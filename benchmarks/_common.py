@@ -141,5 +141,68 @@ def warm_page_cache(*paths):
                 pass
 
 
+def load_average():
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def rss_parts():
+    """Current RSS split into anonymous memory and file-backed pages (mapped weights), in bytes."""
+    return {k: proc_status(k) for k in ("VmRSS", "RssAnon", "RssFile", "VmHWM")}
+
+
+class RssWatchdog:
+    """A daemon thread that ends this process (exit 3, after printing ``RESULT {aborted...}``)
+    as soon as its RSS passes ``limit`` bytes or the machine's MemAvailable falls under
+    ``min_available``: real-size training steps come close to the 24 GiB of a shared machine."""
+
+    def __init__(self, limit, min_available=1 * GIB, every=0.2, result=None):
+        import threading
+        self.limit, self.min_available, self.every = limit, min_available, every
+        self.result = dict(result or {})
+        self.seen = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self):
+        while not self._stop.wait(self.every):
+            rss = proc_status("VmRSS") or 0
+            self.seen = max(self.seen, rss)
+            avail = mem_available()
+            why = None
+            if rss > self.limit:
+                why = f"RSS {gib(rss)} passed the limit {gib(self.limit)}"
+            elif avail is not None and avail < self.min_available:
+                why = f"the machine has only {gib(avail)} available (RSS {gib(rss)})"
+            if why:
+                print(f"[watchdog] stopping: {why}", flush=True)
+                emit(dict(self.result, aborted=why, rss_at_abort=rss, peak_rss=peak_rss()))
+                os._exit(3)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        return False
+
+
+def run_child_live(argv, cwd=None, env=None, prefix="    | "):
+    """Like ``run_child`` but echoes the child's output as it comes (real-size children run for
+    minutes) and returns (result dict or None, exit code) instead of raising."""
+    proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    result = None
+    for line in proc.stdout:
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+        elif line.strip() and "[transformers]" not in line:
+            print(prefix + line.rstrip(), flush=True)
+    return result, proc.wait()
+
+
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--write":
     _write(*sys.argv[2:])
