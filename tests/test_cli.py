@@ -187,8 +187,9 @@ def test_ctrl_c_saves_and_resume_goes_on(tmp_path, tiny_files, media):
     while not re.search(r"\b[1-9]\d*/100000", "".join(err)) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=60)[0]
-    reader.join(5)
+    proc.wait(timeout=60)  # not communicate(): it would race the reader thread for stderr
+    reader.join(10)
+    out = proc.stdout.read()
     path = tmp_path / "out" / "motion.safetensors"
     message = re.search(r"interrupted at step (\d+): what was trained is saved in (\S+);", "".join(err))
     assert proc.returncode == 130 and message and message[2] == str(path), out + "".join(err)
