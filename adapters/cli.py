@@ -3,6 +3,7 @@ on one device or on several through accelerate (no launcher of our own).
 
     python -m adapters.cli train CONFIG.json [--device cpu|cuda|cuda:N] [--dry-run]
     accelerate launch --multi_gpu --num_processes 4 -m adapters.cli train CONFIG.json
+    python -m adapters.cli score VIDEO... [--prompt P] [--clip DIR] [--references DIR]   (score_cli.py)
 
 Run it from the pack's folder. Paths in the config are relative to the config file; nothing is
 downloaded. See examples/train_motion.json and examples/train_spatial.json; keys starting with
@@ -324,16 +325,20 @@ def main(argv=None):
     t.add_argument("config", help="the JSON config (see examples/train_motion.json)")
     t.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     t.add_argument("--dry-run", action="store_true", help="check the config and the files it names; load nothing")
+    from . import score_cli
+    score_cli.add_parser(sub)
     args = parser.parse_args(argv)
     from .errors import ModelFileError
     try:
+        if args.command == "score":
+            return score_cli.run(args)
         job = read_config(args.config)
         return dry_run(job, args.device) if args.dry_run else train(job, args.device)
     except (ConfigError, ModelFileError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except ValueError as e:  # settings or data the library refused
-        print(f"error ({args.config}): {e}", file=sys.stderr)
+        print(f"error ({getattr(args, 'config', 'score')}): {e}", file=sys.stderr)
         return 1
 
 

@@ -49,3 +49,15 @@ def write_checkpoint(path, tensors, fmt="safetensors", overwrite=False):
     torch.save({"state_dict": tensors}, tmp)
     os.replace(tmp, path)
     return path
+
+
+def controlnet_tensors(controlnet_sd, config, prefix=keys.CONTROLNET_PREFIX, dtype=None):
+    """Diffusers ``ControlNetModel`` names -> lllyasviel's single-file layout
+    (``control_model.input_blocks...``; ``prefix=""`` for the variant without it)."""
+    layout = keys.UNetLayout(len(config["block_out_channels"]), config["layers_per_block"],
+                             tuple(t.startswith("CrossAttn") for t in config["down_block_types"]))
+    hint_blocks = 2 * (len(config["conditioning_embedding_out_channels"]) - 1)
+    out = {prefix + k: v for k, v in keys.controlnet_diffusers_to_ldm(controlnet_sd, layout, hint_blocks).items()}
+    if dtype is not None:
+        out = {k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()}
+    return out

@@ -161,3 +161,25 @@ def save_safetensors(tensors, path, metadata=None, overwrite=False):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_text(path, text, overwrite=False):
+    """A text file (JSON, a report) written like ``save_safetensors``: atomic, no clobbering."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; refusing to overwrite it.")
+    tmp = temp_file_beside(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

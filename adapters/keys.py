@@ -293,3 +293,53 @@ def unet_ldm_underscored_to_diffusers(name, layout):
             break
     out = underscored(mapper.forward(ldm))
     return f"{out}_{rest}" if rest else out
+
+
+# ---------------------------------------------------------------- SD1.5 ControlNet
+
+CONTROLNET_PREFIX = "control_model."
+
+
+def _controlnet_module_pairs(layout, hint_blocks):
+    """The UNet encoder's pairs (the ControlNet is a copy of it) plus the ControlNet's own parts:
+    the hint encoder (``input_hint_block`` convs at even indices, SiLUs between them), one zero
+    conv per encoder output, and the zero conv after the middle block."""
+    pairs = [p for p in _unet_module_pairs(layout)
+             if not p[0].startswith(("output_blocks.", "out."))]
+    encoder_outputs = 1 + layout.levels * layout.layers_per_block + layout.levels - 1
+    pairs += [(f"zero_convs.{n}.0", f"controlnet_down_blocks.{n}", "same") for n in range(encoder_outputs)]
+    pairs += [("middle_block_out.0", "controlnet_mid_block", "same"),
+              ("input_hint_block.0", "controlnet_cond_embedding.conv_in", "same"),
+              (f"input_hint_block.{2 * (hint_blocks + 1)}", "controlnet_cond_embedding.conv_out", "same")]
+    pairs += [(f"input_hint_block.{2 * (j + 1)}", f"controlnet_cond_embedding.blocks.{j}", "same")
+              for j in range(hint_blocks)]
+    return pairs
+
+
+def controlnet_mapper(layout, hint_blocks):
+    return _Mapper(_controlnet_module_pairs(layout, hint_blocks), {"resnet": _RESNET})
+
+
+def controlnet_ldm_to_diffusers(sd, layout, hint_blocks):
+    """LDM ControlNet tensors (``control_model.`` removed) -> diffusers ``ControlNetModel`` names.
+    Unknown keys are returned apart."""
+    m = controlnet_mapper(layout, hint_blocks)
+    out, unknown = {}, []
+    for k in list(sd):
+        new = m.forward(k)
+        if new is None:
+            unknown.append(k)
+        else:
+            out[new] = sd.pop(k)
+    return out, unknown
+
+
+def controlnet_diffusers_to_ldm(sd, layout, hint_blocks):
+    m = controlnet_mapper(layout, hint_blocks)
+    out = {}
+    for k, v in sd.items():
+        new = m.backward(k)
+        if new is None:
+            raise KeyError(f"no LDM name for ControlNet tensor {k}")
+        out[new] = v
+    return out

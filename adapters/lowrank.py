@@ -7,7 +7,14 @@
   the layer's OUTPUT channels, ``Y · (I + A_down · A_up)`` (identity at init). Not a weight
   LoRA, but linear, so it folds into the layer: ``W' = (I + M)ᵀ W``, ``b' = (I + M)ᵀ b``.
 
-Both are a ``LowRankAdapter`` (the factors per target module). They act on a video model in
+Three relatives reuse the Motion Adapter's weight update ``W + s · (A_down · A_up)ᵀ`` on other
+targets (same class, same file, told apart by ``kind``):
+
+* ``subject``: CustomCrafter's subject module, on Q/K/V of the SPATIAL self- and cross-attention.
+* ``absorber``: Customize-A-Video's appearance absorber, on Q/K/V/out of the spatial attention.
+* ``temporal``: Customize-A-Video's temporal LoRA, on Q/K/V/out of the temporal attention.
+
+All are a ``LowRankAdapter`` (the factors per target module). They act on a video model in
 two ways, like a peft tuner's unmerged/merged states: forward hooks (training, and unmerged
 inference) or a weight patch applied while sampling (merged: zero inference cost).
 """
@@ -22,6 +29,14 @@ from torch import nn
 from .errors import ModelFileError
 
 MOTION, SPATIAL = "motion", "spatial"
+SUBJECT, ABSORBER, TEMPORAL = "subject", "absorber", "temporal"
+KINDS = (MOTION, SPATIAL, SUBJECT, ABSORBER, TEMPORAL)
+WEIGHT_KINDS = (MOTION, SUBJECT, ABSORBER, TEMPORAL)  # W + s·(down·up)ᵀ; SPATIAL projects outputs instead
+SPATIAL_KINDS = (SPATIAL, SUBJECT, ABSORBER)          # customize the T2I layers (a sampler schedule scales them)
+QKV, QKV_OUT = ("to_q", "to_k", "to_v"), ("to_q", "to_k", "to_v", "to_out.0")
+# which fingerprints a file must match to attach: a subject module or absorber is a plain delta on
+# spatial weights (like an image LoRA) and fits any motion module
+_CHECKED = {"motion_fingerprint": (MOTION, SPATIAL, TEMPORAL), "base_fingerprint": (SPATIAL,)}
 SPATIAL_TARGETS = ("all", "attention", "block_outputs")
 FORMAT = "still-moving-adapter/1"
 _TEMPORAL_QKV = re.compile(r".*\.motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]\.to_[qkv]$")
@@ -30,6 +45,24 @@ _TEMPORAL_QKV = re.compile(r".*\.motion_modules\.\d+\.transformer_blocks\.\d+\.a
 def motion_targets(unet):
     """The temporal-attention Q/K/V projections of every motion module."""
     return [n for n, m in unet.named_modules() if isinstance(m, nn.Linear) and _TEMPORAL_QKV.match(n)]
+
+
+def attention_targets(unet, temporal, projections=QKV):
+    """Attention projections of the spatial transformers (``attentions.N``: attn1 self-, attn2
+    cross-attention) or, with ``temporal``, of the motion modules (both temporal self-attention)."""
+    block = "motion_modules" if temporal else "attentions"
+    proj = "|".join(re.escape(p) for p in projections)
+    pattern = re.compile(rf"(?:.*\.)?{block}\.\d+\.transformer_blocks\.\d+\.attn[12]\.(?:{proj})$")
+    return [n for n, m in unet.named_modules() if isinstance(m, nn.Linear) and pattern.match(n)]
+
+
+def default_targets(kind, model):
+    """The layers an adapter of ``kind`` goes on when none are given."""
+    if kind == MOTION:
+        return motion_targets(model.unet)
+    if kind == SPATIAL:
+        return spatial_targets(model)
+    return attention_targets(model.unet, temporal=kind == TEMPORAL, projections=QKV if kind == SUBJECT else QKV_OUT)
 
 
 def spatial_targets(model, mode="all"):
@@ -65,13 +98,13 @@ def _key(name):
 class LowRankAdapter(nn.Module):
     """Low-rank factors ``down`` (d_in × r) and ``up`` (r × d_out) per target module.
 
-    For a Motion Adapter d_in/d_out are the projection's in/out features; for Spatial Adapters
-    both are the layer's output channels.
+    For the weight kinds (motion, subject, absorber, temporal) d_in/d_out are the projection's
+    in/out features; for Spatial Adapters both are the layer's output channels.
     """
 
     def __init__(self, kind, shapes, rank, seed=0, metadata=None):
         super().__init__()
-        if kind not in (MOTION, SPATIAL):
+        if kind not in KINDS:
             raise ValueError(f"unknown adapter kind {kind}")
         self.kind, self.rank, self.targets = kind, int(rank), list(shapes)
         self.metadata = dict(metadata or {})
@@ -85,12 +118,12 @@ class LowRankAdapter(nn.Module):
     @classmethod
     def for_model(cls, kind, model, rank, targets=None, seed=0, metadata=None):
         modules = dict(model.unet.named_modules())
-        targets = targets or (motion_targets(model.unet) if kind == MOTION else spatial_targets(model))
+        targets = targets or default_targets(kind, model)
         shapes = {}
         for n in targets:
             m = modules[n]
             out = m.out_features if isinstance(m, nn.Linear) else m.out_channels
-            shapes[n] = (m.in_features, out) if kind == MOTION else (out, out)
+            shapes[n] = (m.in_features, out) if kind in WEIGHT_KINDS else (out, out)
         return cls(kind, shapes, rank, seed, metadata)
 
     def factors(self, name):
@@ -118,26 +151,40 @@ class LowRankAdapter(nn.Module):
 
         def hook(module, args, out):
             s = scale() if callable(scale) else scale
+            if isinstance(s, torch.Tensor) and not s.requires_grad and s.ndim == 0:
+                s = float(s)
             if isinstance(s, (int, float)) and s == 0:
                 return out
-            if kind == MOTION:
+            d, u = down.to(out.dtype), up.to(out.dtype)
+            if not isinstance(s, (int, float)):  # a scale that itself needs gradients
+                src = args[0] if kind in WEIGHT_KINDS else out
+                if conv:
+                    return out + s * torch.einsum("bchw,cr,rd->bdhw", src, d, u)
+                return out + s * ((src @ d) @ u)
+            # fused multiply-adds (one pass over the output): at SD1.5 size they cost a
+            # fifth of an einsum / separate add, which dominated the unmerged sampling step
+            if kind in WEIGHT_KINDS:
                 x = args[0]
-                return out + s * ((x @ down.to(x.dtype)) @ up.to(x.dtype))
+                o2 = out.reshape(-1, out.shape[-1])
+                return torch.addmm(o2, x.reshape(-1, x.shape[-1]) @ d, u, alpha=s).view_as(out)
             if conv:
-                proj = torch.einsum("bchw,cr,rd->bdhw", out, down.to(out.dtype), up.to(out.dtype))
-                return out + s * proj
-            return out + s * ((out @ down.to(out.dtype)) @ up.to(out.dtype))
+                b, c = out.shape[:2]
+                o3 = out.reshape(b, c, -1)
+                return torch.baddbmm(o3, u.T.expand(b, -1, -1), torch.matmul(d.T, o3), alpha=s).view_as(out)
+            o2 = out.reshape(-1, out.shape[-1])
+            return torch.addmm(o2, o2 @ d, u, alpha=s).view_as(out)
         return hook
 
     # ---- merged: weight patch -------------------------------------------------------------
     def merged_weight(self, name, weight, scale):
         down, up = (t.detach().to(weight.device, torch.float32) for t in self.factors(name))
         w = weight.float()
-        if self.kind == MOTION:
-            return (w + scale * (down @ up).T).to(weight.dtype)
-        proj = torch.eye(down.shape[0], device=w.device) + scale * (down @ up)  # (C, C)
+        if self.kind in WEIGHT_KINDS:
+            return torch.addmm(w, up.T, down.T, alpha=float(scale)).to(weight.dtype)
+        # (I + s·down·up)ᵀ W, kept low-rank: a C×C projection would cost C²·K per layer
+        # (minutes for SD1.5's 282 layers on a CPU) instead of 2·r·C·K
         flat = w.reshape(w.shape[0], -1) if w.ndim > 1 else w.unsqueeze(1)
-        return (proj.T @ flat).reshape(w.shape).to(weight.dtype)
+        return torch.addmm(flat, up.T, down.T @ flat, alpha=float(scale)).reshape(w.shape).to(weight.dtype)
 
     # ---- file format ------------------------------------------------------------------------
     def save(self, path, overwrite=False, extra_tensors=None):
@@ -190,7 +237,7 @@ class LowRankAdapter(nn.Module):
         modules = dict(model.unet.named_modules())
         for key, what in (("motion_fingerprint", "motion module"), ("base_fingerprint", "customized T2I model")):
             want = self.metadata.get(key)
-            if want is None or (key == "base_fingerprint" and self.kind == MOTION):
+            if want is None or self.kind not in _CHECKED[key]:
                 continue
             have = motion_fingerprint(model) if key == "motion_fingerprint" else t2i_fingerprint(model)
             if want != have:

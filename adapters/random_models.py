@@ -100,3 +100,24 @@ def motion_module_parts(version="v2", size="tiny", seed=0):
         if ".motion_modules." in name and name.endswith("pos_embed.pe"):
             sd[name] = _sinusoid(buf.shape[1], buf.shape[2])
     return sd
+
+
+# the hint encoder of lllyasviel's SD1.5 ControlNets; tiny models use narrower convs, same depth
+CONTROLNET_HINT = {"tiny": (16, 16, 32, 32), "comfy": (16, 32, 96, 256), "real": (16, 32, 96, 256)}
+
+
+def controlnet_config(size="tiny"):
+    """diffusers ``ControlNetModel`` kwargs matching the UNet of ``sd15_parts(size)``."""
+    u = SIZES[size][0]
+    return dict(block_out_channels=tuple(u["block_out_channels"]), layers_per_block=u["layers_per_block"],
+                cross_attention_dim=u["cross_attention_dim"], attention_head_dim=u["attention_head_dim"],
+                norm_num_groups=u["norm_num_groups"], down_block_types=tuple(u["down_block_types"]),
+                conditioning_embedding_out_channels=CONTROLNET_HINT[size])
+
+
+def controlnet_parts(size="tiny", seed=0):
+    """Diffusers-named tensors of a random SD1.5-style ControlNet (zero convs random too, so
+    it visibly acts) and its config."""
+    from diffusers import ControlNetModel
+    cfg = controlnet_config(size)
+    return random_state(_build(ControlNetModel, **cfg), seed), cfg

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .controlnet import control_context
+from .schedule import scheduled_patching
 from .video_model import T2I, TEXT
 
 SCHEDULERS = ("euler", "euler_ancestral", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "lcm")
@@ -99,11 +101,12 @@ def encode_text(model, prompts, device):
 
 def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="euler",
            beta_schedule="linear", width=512, height=512, frames=16, context=None,
-           device="cpu", callback=None, latents=None):
+           device="cpu", callback=None, latents=None, schedule=None):
     """Denoise a video; returns diffusers-scaled latents (1, C, F, h, w) on the CPU.
 
     ``cond``/``uncond`` are text embeddings (1, seq, dim); ``callback(step, total, latents)``
     is called after every step and may raise to cancel (patches are undone either way).
+    ``schedule``: a ``schedule.WeightSchedule`` for the spatial customizations' weight per step.
     """
     unet = model.unet
     dtype = next(unet.parameters()).dtype
@@ -130,30 +133,35 @@ def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="eu
     uncond = uncond.to(device, dtype) if use_cfg else None
     batched = use_cfg and uncond.shape[1] == cond.shape[1]
 
-    def predict(xw, t):
-        n = xw.shape[2]
+    def run(xw, t, emb, idx, step):
+        """One UNet call; attached ControlNets add their residuals (frames ``idx``, same embeddings)."""
+        emb = emb.repeat_interleave(xw.shape[2], dim=0)
+        return unet(xw, t, encoder_hidden_states=emb, **control(xw, t, emb, idx, step, total)).sample
+
+    def predict(xw, t, idx, step):
         if batched:
-            emb = torch.cat([uncond, cond]).repeat_interleave(n, dim=0)
-            eps_u, eps_c = unet(torch.cat([xw, xw]), t, encoder_hidden_states=emb).sample.chunk(2)
+            eps_u, eps_c = run(torch.cat([xw, xw]), t, torch.cat([uncond, cond]), idx, step).chunk(2)
         else:
-            eps_c = unet(xw, t, encoder_hidden_states=cond.repeat_interleave(n, dim=0)).sample
+            eps_c = run(xw, t, cond, idx, step)
             if not use_cfg:
                 return eps_c
-            eps_u = unet(xw, t, encoder_hidden_states=uncond.repeat_interleave(n, dim=0)).sample
+            eps_u = run(xw, t, uncond, idx, step)
         return eps_u + cfg * (eps_c - eps_u)
 
     total = len(sched.timesteps)
-    with model.patched((T2I,)), torch.no_grad():
+    with scheduled_patching(model, schedule, total) as at_step, torch.no_grad(), \
+            control_context(model, frames, height, width, device) as control:
         for i, t in enumerate(sched.timesteps):
+            at_step(i)
             xin = sched.scale_model_input(x, t).to(dtype)
             if len(windows) == 1:
-                eps = predict(xin, t).float()
+                eps = predict(xin, t, windows[0], i).float()
             else:
                 eps = torch.zeros_like(x)
                 weight = torch.zeros(1, 1, frames, 1, 1, device=device)
                 for idx in windows:
                     w = _window_weights(len(idx), device, torch.float32)
-                    eps[:, :, idx] += predict(xin[:, :, idx], t).float() * w
+                    eps[:, :, idx] += predict(xin[:, :, idx], t, idx, i).float() * w
                     weight[:, :, idx] += w
                 eps = eps / weight
             x = sched.step(eps, t, x, generator=generator).prev_sample

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import lowrank
+from . import lowrank, memory
 from .files import unique_path
+from .fullweights import FULL, FullDelta
 from .lowrank import MOTION, SPATIAL, LowRankAdapter
 from .video_model import T2I, TEXT
 
@@ -72,9 +73,13 @@ def _noise_schedule():
 
 def _clip_latents(clip, frames, frozen, g):
     """(C, F, h, w) for one training example: a frozen clip (one random frame repeated) or a
-    window of ``frames`` consecutive frames of a natural clip."""
+    window of ``frames`` consecutive frames of a natural clip. ``frozen="unordered"``: ``frames``
+    frames in random order (Customize-A-Video's absorber sees a video as a bag of images)."""
     lat = clip.latents
     n = lat.shape[1]
+    if frozen == "unordered" and n > 1:
+        order = torch.randperm(n, generator=g).repeat(math.ceil(frames / n))[:frames]
+        return lat[:, order]
     if frozen or n == 1:
         i = int(torch.randint(n, (1,), generator=g))
         return lat[:, i:i + 1].expand(-1, frames, -1, -1)
@@ -136,6 +141,14 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
     motion:  ``custom_clips`` are natural videos; each example is one random frame frozen, α = 1.
     spatial: ``custom_clips`` are stills of the customized model (frozen, Motion Adapter at α = 1),
              ``prior_clips`` natural videos (Motion Adapter at α = 0), mixed by ``prior_ratio``.
+    subject (CustomCrafter): ``custom_clips`` are the subject's reference images (frozen),
+             ``prior_clips`` class images for prior preservation, mixed by ``prior_ratio``.
+    absorber (Customize-A-Video): ``custom_clips`` is the reference video, seen as unordered
+             frames with the temporal layers bypassed.
+    temporal (Customize-A-Video): ``custom_clips`` is the reference video, real frames in order;
+             give ``model`` with the trained absorber attached (a patch: loaded, frozen).
+    full (the paper's ablation): as spatial, but a full delta on every injected layer's weights
+             (``fullweights.FullDelta``) is trained instead of Spatial Adapters.
     ``callback(step, total, loss, source)`` reports progress; ``should_stop()`` ends the run at
     the next step with what was trained saved. Returns a ``TrainResult``.
 
@@ -148,7 +161,7 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
     settings.validate()
     if not custom_clips:
         raise ValueError("no training clips given")
-    if kind == SPATIAL and motion_adapter is None and not settings.interleaved:
+    if kind in (SPATIAL, FULL) and motion_adapter is None and not settings.interleaved:
         raise ValueError("Spatial Adapters train with the Motion Adapter at α = 1 on the frozen stills "
                          "(without it the model learns static videos); give one, or use interleaved=True.")
     procs, rank = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
@@ -161,22 +174,23 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
                  "motion_module": Path(model.info.get("motion_module", "?")).name,
                  "checkpoint": Path(model.info.get("checkpoint", "?")).name,
                  "motion_fingerprint": lowrank.motion_fingerprint(model)})
-    if kind == SPATIAL:
+    if kind in (SPATIAL, FULL):
         info["base_fingerprint"] = lowrank.t2i_fingerprint(model)
         info["customized"] = ", ".join(sorted({Path(p.source).name for p in model.patches
                                                if getattr(p, "injection", False) and p.source})) or "?"
     start = 0
     if resume is not None:
-        adapter = LowRankAdapter.load(resume, kind)
-        if adapter.rank != settings.rank:
+        adapter = FullDelta.load(resume) if kind == FULL else LowRankAdapter.load(resume, kind)
+        if kind != FULL and adapter.rank != settings.rank:
             raise ValueError(f"{resume}: the adapter has rank {adapter.rank} but the settings ask for rank "
                              f"{settings.rank}; resume with rank {adapter.rank} or start a new run.")
         adapter.check(model, resume)
         start = int(adapter.metadata.get("step", 0))
         path = Path(resume)
     else:
-        targets = None if kind == MOTION else lowrank.spatial_targets(model, settings.target_mode)
-        adapter = LowRankAdapter.for_model(kind, model, settings.rank, targets, seed=settings.seed)
+        targets = lowrank.spatial_targets(model, settings.target_mode) if kind in (SPATIAL, FULL) else None
+        adapter = (FullDelta.for_model(model, targets) if kind == FULL else
+                   LowRankAdapter.for_model(kind, model, settings.rank, targets, seed=settings.seed))
         path = unique_path(out_path)
     adapter.metadata.update(info)
     adapter.to(device)
@@ -206,13 +220,14 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
     with model.patched(), contextlib.ExitStack() as stack:
         embeds = _embed_all(model, list(custom_clips) + list(prior_clips), device)
         handles = adapter.attach(unet, 1.0)
-        if motion_adapter is not None and kind == SPATIAL:
+        if motion_adapter is not None and kind in (SPATIAL, FULL):
             motion_adapter.to(device).requires_grad_(False)
             handles += motion_adapter.attach(unet, lambda: alpha_now["value"])
         stack.callback(lambda: [h.remove() for h in handles])
         if settings.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-            stack.callback(unet.disable_gradient_checkpointing)
+            # every block, motion modules and adapter hooks included (diffusers' own switch
+            # leaves the down/up motion modules' activations saved)
+            stack.enter_context(memory.checkpointed(unet, "layer"))
         unet.train()
         stack.callback(unet.eval)
         step = start
@@ -223,10 +238,10 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
                     cancelled = True
                     break
                 g = _step_generator(settings.seed, step * procs + rank)  # one process: step
-                use_prior = kind == SPATIAL and prior_clips and float(torch.rand(1, generator=g)) < settings.prior_ratio
+                use_prior = kind in (SPATIAL, FULL, lowrank.SUBJECT) and prior_clips and float(torch.rand(1, generator=g)) < settings.prior_ratio
                 pool = prior_clips if use_prior else custom_clips
                 idx = torch.randint(len(pool), (settings.batch,), generator=g).tolist()
-                frozen = kind == MOTION or not use_prior
+                frozen = {lowrank.TEMPORAL: False, lowrank.ABSORBER: "unordered"}.get(kind, kind == MOTION or not use_prior)
                 lat = torch.stack([_clip_latents(pool[i], settings.frames, frozen, g) for i in idx]).to(device)
                 emb = torch.cat([embeds[pool[i].caption] for i in idx])
                 noise = torch.randn(lat.shape, generator=g).to(device)
@@ -234,27 +249,30 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
                 a = alphas[t].view(-1, 1, 1, 1, 1)
                 noisy = a.sqrt() * lat + (1 - a).sqrt() * noise
                 alpha_now["value"] = 0.0 if use_prior else 1.0
-                off = temporal_layers_off(unet) if (settings.interleaved and not use_prior) else contextlib.nullcontext()
-                with off, torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=emb.to(model.dtype)
-                                .repeat_interleave(settings.frames, 0)).sample
-                    loss = F.mse_loss(pred.float(), noise.float())
-                # averaged so every process logs the same value and a NaN anywhere stops them all
-                shown = accelerator.reduce(loss.detach(), reduction="mean") if procs > 1 else loss.detach()
-                if not torch.isfinite(shown):
-                    save(step)
-                    raise NonFiniteLoss(f"the loss became {shown.item()} at step {step}: lower the learning rate "
-                                        f"({settings.learning_rate}) or use bf16/fp32 instead of fp16. What was trained "
-                                        f"before this step is saved in {path}.")
-                opt.zero_grad(set_to_none=True)
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-                if procs > 1:
-                    _average_gradients(accelerator, params)
-                if scaler is not None:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
+                # held through backward(): checkpointed blocks recompute their forward there
+                bypass = (settings.interleaved and not use_prior) or kind == lowrank.ABSORBER
+                off = temporal_layers_off(unet) if bypass else contextlib.nullcontext()
+                with off:
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=emb.to(model.dtype)
+                                    .repeat_interleave(settings.frames, 0)).sample
+                        loss = F.mse_loss(pred.float(), noise.float())
+                    # averaged so every process logs the same value and a NaN anywhere stops them all
+                    shown = accelerator.reduce(loss.detach(), reduction="mean") if procs > 1 else loss.detach()
+                    if not torch.isfinite(shown):
+                        save(step)
+                        raise NonFiniteLoss(f"the loss became {shown.item()} at step {step}: lower the learning rate "
+                                            f"({settings.learning_rate}) or use bf16/fp32 instead of fp16. What was trained "
+                                            f"before this step is saved in {path}.")
+                    opt.zero_grad(set_to_none=True)
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                    if procs > 1:
+                        _average_gradients(accelerator, params)
+                    if scaler is not None:
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        opt.step()
                 step += 1
                 losses.append((step, float(shown), "prior" if use_prior else "custom"))
                 if callback is not None and main:

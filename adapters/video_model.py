@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .lowrank import WEIGHT_KINDS
+
 T2I = "unet"            # spatial (text-to-image) layers of the video UNet
 TEXT = "text_encoder"
 
@@ -78,9 +80,11 @@ class AdapterPatch:
         return {f"{m}.{p}" for m in self.adapter.targets for p in (("weight", "bias") if spatial else ("weight",))}
 
     def apply(self, name, current):
-        module, _, _ = name.rpartition(".")
+        module, _, leaf = name.rpartition(".")
         if not self.merged or self.scale == 0 or module not in self.adapter.targets:
             return current  # another patch's tensor (patches are applied per tensor, in order)
+        if leaf != "weight" and self.adapter.kind in WEIGHT_KINDS:
+            return current  # a weight update (W + s·ΔW) leaves the layer's bias alone
         return self.adapter.merged_weight(module, current, self.scale)
 
     def hooks(self, unet):

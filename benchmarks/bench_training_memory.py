@@ -3,11 +3,13 @@
 Each variant runs in a fresh child process (so its peak RSS is its own), one after the other:
 
     none       (a) no gradient checkpointing
-    diffusers  (b) diffusers' ``unet.enable_gradient_checkpointing()``: what
-                   ``TrainSettings.gradient_checkpointing`` switches on in ``adapters.training``
+    diffusers  (b) diffusers' ``unet.enable_gradient_checkpointing()`` (what plain diffusers + peft
+                   loops use)
     block      (c) ``adapters.memory.checkpointed(unet)``: every down / mid / up block, motion
                    modules and adapter hooks included, recomputed in the backward pass
-    layer      (c') ``checkpointed(unet, "layer")``: each resnet / transformer / motion module
+    layer      (c') ``checkpointed(unet, "layer")``: each resnet / transformer / motion module;
+                   this is what ``TrainSettings(gradient_checkpointing=True)`` does, and the variant
+                   runs it through that setting
 
 On the CPU the allocator matters as much as checkpointing: glibc keeps freed activations as
 fragmented heap. ``checkpointed`` therefore applies ``adapters.memory.release_freed_memory()``
@@ -127,14 +129,18 @@ def child(a):
         clips = [LatentClip(torch.randn(4, 1, h, h, generator=torch.Generator().manual_seed(11 + i)),
                             "a photo of sks dog", f"still {i}") for i in range(2)]
         settings = TrainSettings(steps=1, rank=a.rank, frames=a.frames, batch=1, seed=0,
-                                 gradient_checkpointing=variant == "diffusers", target_mode=a.target_mode,
+                                 gradient_checkpointing=variant == "layer", target_mode=a.target_mode,
                                  prior_ratio=0.0)
         before = _common.rss_parts()
         marks = {}
         out = Path(tempfile.mkdtemp()) / "spatial.safetensors"
         base = variant.split("+")[0].split("-")[0]
-        if base in ("block", "layer"):
+        if variant == "layer":
+            ctx = contextlib.nullcontext(True)  # the library's own setting, above
+        elif base in ("block", "layer"):
             ctx = memory.checkpointed(vm.unet, base, release_memory=releases(variant))
+        elif base == "diffusers":
+            ctx = _diffusers_checkpointing(vm.unet, releases(variant))
         else:
             ctx = memory.release_freed_memory() if releases(variant) else contextlib.nullcontext()
         t0 = time.perf_counter()
@@ -155,6 +161,17 @@ def child(a):
             "released": bool(applied) if base not in ("block", "layer") else releases(variant),
         })
     _common.emit(result)
+
+
+@contextlib.contextmanager
+def _diffusers_checkpointing(unet, release):
+    from adapters import memory
+    unet.enable_gradient_checkpointing()
+    try:
+        with (memory.release_freed_memory() if release else contextlib.nullcontext()) as applied:
+            yield applied
+    finally:
+        unet.disable_gradient_checkpointing()
 
 
 def _PrecomputedText(embedding):

@@ -1,8 +1,12 @@
 """ComfyUI glue: maps node inputs to ``adapters`` calls and back."""
 from . import paths
 from .adapter_nodes import AttachMotionAdapter, AttachSpatialAdapters, LoadAdapter
+from .controlnet_nodes import ApplyControlNet, LoadControlNet
+from .customization_nodes import (AttachSubjectModule, AttachTemporalLoRA, TrainAppearanceAbsorber,
+                                  TrainSubjectModule, TrainTemporalLoRA, WeightScheduleNode)
 from .dataset_nodes import ClipsFromImages, GeneratePriorClips, ImageFolderClips, MergeClips, VideoFolderClips
 from .sampler_nodes import SampleVideo
+from .score_nodes import ScoreVideo
 from .training_nodes import TrainMotionAdapter, TrainSpatialAdapters
 from .video_model_nodes import InjectCheckpoint, InjectComfyModel, InjectLoRA, LoadMotionLoRA, LoadVideoModel
 
@@ -25,6 +29,15 @@ _NODES = {
     "SM_VideoFolderClips": (VideoFolderClips, "Training Clips from Video Folder"),
     "SM_GeneratePriorClips": (GeneratePriorClips, "Generate Prior Videos"),
     "SM_MergeClips": (MergeClips, "Merge Training Clips"),
+    "SM_LoadControlNet": (LoadControlNet, "Load ControlNet (SD1.5)"),
+    "SM_ApplyControlNet": (ApplyControlNet, "Apply ControlNet to Video Model"),
+    "SM_ScoreVideo": (ScoreVideo, "Score Video (motion, CLIP-T, CLIP-I)"),
+    "SM_WeightSchedule": (WeightScheduleNode, "Weight Schedule (CustomCrafter)"),
+    "SM_TrainSubjectModule": (TrainSubjectModule, "Train Subject Module (CustomCrafter)"),
+    "SM_AttachSubjectModule": (AttachSubjectModule, "Attach Subject Module (CustomCrafter)"),
+    "SM_TrainAppearanceAbsorber": (TrainAppearanceAbsorber, "Train Appearance Absorber (Customize-A-Video)"),
+    "SM_TrainTemporalLoRA": (TrainTemporalLoRA, "Train Temporal LoRA (Customize-A-Video)"),
+    "SM_AttachTemporalLoRA": (AttachTemporalLoRA, "Attach Temporal LoRA (Customize-A-Video)"),
 }
 NODE_CLASS_MAPPINGS = {k: v[0] for k, v in _NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {k: f"{v[1]} (Still-Moving)" for k, v in _NODES.items()}

@@ -8,7 +8,8 @@ ADAPTER = "SM_ADAPTER"
 
 
 def adapter_files(kind):
-    files = [f for f in paths.files("still_moving") if f.replace("\\", "/").startswith(kind)]
+    files = [f for f in paths.files("still_moving") if f.replace("\\", "/").startswith(kind)
+             and not f.replace("\\", "/").startswith("clip_scoring/")]  # the scoring node's CLIP folders
     return files or ["(none)"]
 
 

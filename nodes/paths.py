@@ -57,3 +57,42 @@ def checkpoints_and_folders():
                 if os.path.isdir(os.path.join(root, sub, "unet")):
                     names.append(f"diffusers/{sub}")
     return names
+
+
+CLIP_SCORING = (("still_moving", "clip_scoring"), ("clip_vision", ""))  # (folder kind, sub-folder)
+
+
+def clip_scoring_folders():
+    """CLIPModel folders (transformers save_pretrained, with config.json) for the scoring node:
+    ``models/still_moving/clip_scoring/<name>/``, or ``models/clip_vision/<name>/`` if a full
+    CLIPModel folder is kept there. Listed as ``<kind>/<sub>/<name>``."""
+    names = []
+    for kind, sub in CLIP_SCORING:
+        try:
+            roots = folder_paths.get_folder_paths(kind)
+        except KeyError:
+            continue
+        for root in roots:
+            base = os.path.join(root, sub) if sub else root
+            if os.path.isdir(base):
+                for name in sorted(os.listdir(base)):
+                    if os.path.isfile(os.path.join(base, name, "config.json")):
+                        names.append("/".join(p for p in (kind, sub, name) if p))
+    return sorted(set(names))
+
+
+def clip_scoring_path(listed):
+    """Resolve a name from ``clip_scoring_folders``. Names come from the graph (shared JSON), so
+    only a single folder name directly inside those folders is accepted (it may be a symlink)."""
+    for kind, sub in CLIP_SCORING:
+        prefix = "/".join(p for p in (kind, sub) if p) + "/"
+        name = listed[len(prefix):] if listed.startswith(prefix) else ""
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            continue
+        for root in folder_paths.get_folder_paths(kind):
+            target = os.path.join(root, sub, name) if sub else os.path.join(root, name)
+            if os.path.isdir(target):
+                return target
+    raise FileNotFoundError(f"'{listed}' is not a CLIP model folder under models/still_moving/clip_scoring/ or "
+                            "models/clip_vision/. Put a CLIPModel folder (saved with save_pretrained) there and "
+                            "press 'r' in ComfyUI to refresh the lists.")

@@ -32,6 +32,8 @@ class SampleVideo:
             "positive": ("CONDITIONING", {"tooltip": "From ComfyUI's CLIP Text Encode: replaces the prompt text, "
                                                      "so prompt weighting and embeddings work."}),
             "negative": ("CONDITIONING",),
+            "weight_schedule": ("SM_WEIGHT_SCHEDULE", {"tooltip": "From Weight Schedule (CustomCrafter): the weight "
+                                                                  "of the spatial customizations per step."}),
         }}
 
     RETURN_TYPES = ("LATENT", "IMAGE")
@@ -41,7 +43,8 @@ class SampleVideo:
     DESCRIPTION = "Generates a video with the (customized) AnimateDiff model."
 
     def sample(self, video_model, prompt, negative_prompt, seed, steps, cfg, scheduler, beta_schedule, width,
-               height, frames, context_mode, context_length, context_overlap, positive=None, negative=None):
+               height, frames, context_mode, context_length, context_overlap, positive=None, negative=None,
+               weight_schedule=None):
         device = comfy_glue.device()
         comfy_glue.make_room()
         context = sampling.ContextOptions(context_mode, context_length, context_overlap)
@@ -55,6 +58,6 @@ class SampleVideo:
             latents = sampling.sample(video_model, cond, uncond, seed=seed, steps=steps, cfg=cfg,
                                       scheduler=scheduler, beta_schedule=beta_schedule, width=width,
                                       height=height, frames=frames, context=context, device=device,
-                                      callback=comfy_glue.step_callback(steps))
+                                      callback=comfy_glue.step_callback(steps), schedule=weight_schedule)
             images = sampling.decode(video_model, latents)
         return (comfy_glue.to_comfy_latent(latents, video_model.vae.config.scaling_factor), images)

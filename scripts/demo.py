@@ -1,7 +1,11 @@
-"""Runs an example workflow headless in a real ComfyUI (the README's first command).
+"""The README's first command.
 
-Without --models it runs on generated random weights in the real file layouts (the video is
-noise; the point is the whole path: load, inject, sample, decode, save) and says so.
+Without --models: the whole Still-Moving path on the embedded toy models (``embedded/``,
+trained by scripts/train_toy_models.py on the toy world), through the library the nodes use:
+naive injection vs Still-Moving side by side as GIF/WebP (scripts/toy_demo.py).
+With --models: runs an example workflow headless in a real ComfyUI on your files.
+With --workflow but no --models: that workflow in ComfyUI on generated random weights in the
+real file layouts (the video is noise; the point is the path: load, inject, sample, save).
 """
 import argparse
 import json
@@ -53,13 +57,24 @@ def user_models(models_dir):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--workflow", type=Path, default=ROOT / "workflows" / "text_to_video_naive_injection.json")
+    ap.add_argument("--workflow", type=Path, help="run this workflow in ComfyUI (default with --models: "
+                    "workflows/text_to_video_naive_injection.json)")
     ap.add_argument("--models", type=Path, help="a ComfyUI models folder (default: generated random weights)")
     ap.add_argument("--out", type=Path, default=ROOT / "output" / "demo")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--frames", type=int)
     ap.add_argument("--size", type=int, help="width and height")
     args = ap.parse_args()
+    if not args.models and not args.workflow:
+        import toy_demo
+        print("demo: no --models given, so this runs Still-Moving on the embedded toy models (embedded/, "
+              "trained on the toy world); use --models /path/to/ComfyUI/models to run a workflow on yours.")
+        r = toy_demo.run(args.out, steps=args.steps or 20)
+        print(f"demo: done in {r['seconds']:.0f} s; wrote:")
+        for p in r["files"]:
+            print(f"  {p}")
+        return
+    args.workflow = args.workflow or ROOT / "workflows" / "text_to_video_naive_injection.json"
     home = Path.home() / ".cache" / "still-moving"
     if args.models:
         models = user_models(args.models)

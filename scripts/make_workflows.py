@@ -175,6 +175,108 @@ def generate_with_adapters():
     g.save("generate_with_adapters.json")
 
 
+CONTROLNET, DRIVING_VIDEO = "control_v11p_sd15_canny.pth", "driving_video.mp4"
+
+
+def controlnet_driving_video():
+    """A driving video's Canny edges (ComfyUI's own Load Video and Canny nodes) steer the
+    customized video model through an SD1.5 ControlNet."""
+    g = Graph()
+    load = loader(g, 0)
+    inj = g.node("SM_InjectCheckpoint", (360, 0), [CUSTOM, 1.0, True], inputs=[VM], outputs=[VM])
+    video = g.node("LoadVideo", (0, 300), [DRIVING_VIDEO, "image"], outputs=[("VIDEO", "VIDEO")],
+                   title="Driving video (in ComfyUI/input)")
+    parts = g.node("GetVideoComponents", (0, 520), inputs=[("video", "VIDEO")],
+                   outputs=[("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")])
+    edges = g.node("Canny", (360, 300), [0.4, 0.8], inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")])
+    cn = g.node("SM_LoadControlNet", (360, 520), [CONTROLNET, "auto"], outputs=[("control_net", "SM_CONTROLNET")])
+    apply = g.node("SM_ApplyControlNet", (720, 0), [0.8, 0.0, 1.0],
+                   inputs=[VM, ("control_net", "SM_CONTROLNET"), ("image", "IMAGE")], outputs=[VM])
+    samp = sampler(g, (1080, 0))
+    save = save_webp(g, (1440, 0), "still_moving/controlnet")
+    prev = g.node("PreviewImage", (720, 300), inputs=[("images", "IMAGE")], title="Control frames")
+    for a, slot, b, name in [(load, 0, inj, "video_model"), (video, 0, parts, "video"), (parts, 0, edges, "image"),
+                             (inj, 0, apply, "video_model"), (cn, 0, apply, "control_net"), (edges, 0, apply, "image"),
+                             (edges, 0, prev, "images"), (apply, 0, samp, "video_model"), (samp, 1, save, "images")]:
+        g.link(a, slot, b, name)
+    g.save("controlnet_driving_video.json")
+
+
+SCHEDULE = ("weight_schedule", "SM_WEIGHT_SCHEDULE")
+FROM_INPUT = "(adapter input)"  # attach nodes: use the adapter linked from the trainer
+
+
+def customcrafter():
+    """CustomCrafter: a subject module trained on reference images (input/still_moving/subject)
+    with class images from the base checkpoint for prior preservation, then sampled with the
+    paper's Dynamic Weighted Video Sampling (λs 0.4, λl 0.8 for the last 5 of 50 DDIM steps, CFG 12)."""
+    g = Graph()
+    load = loader(g, 0)
+    refs = g.node("SM_ImageFolderClips", (360, 0), ["still_moving/subject", "a photo of sks dog", 1024],
+                  outputs=[CLIPS, ("count", "INT")], title="Reference images of the subject")
+    ck = g.node("CheckpointLoaderSimple", (0, 300), [BASE], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+                title="Base checkpoint (makes the prior-preservation images)")
+    pos = g.node("CLIPTextEncode", (360, 300), ["a photo of a dog"], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")])
+    neg = g.node("CLIPTextEncode", (360, 460), ["blurry, low quality"], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")])
+    empty = g.node("EmptyLatentImage", (360, 620), [512, 512, 8], outputs=[("LATENT", "LATENT")])
+    ks = g.node("KSampler", (720, 300), [3, "fixed", 25, 7.5, "euler", "normal", 1.0],
+                inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                        ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")])
+    dec = g.node("VAEDecode", (1080, 300), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")])
+    prior = g.node("SM_ClipsFromImages", (1080, 460), ["a photo of a dog"], inputs=[("images", "IMAGE")],
+                   outputs=[CLIPS, ("count", "INT")], title="Prior-preservation images")
+    train = g.node("SM_TrainSubjectModule", (1440, 0), [1000, 1e-4, 4, 1, 16, 256, 256, 0, "bf16", True, 250,
+                                                        "subject_module", 0.5, "none"],
+                   inputs=[VM, ("reference_images", "SM_CLIPS"), ("prior_images", "SM_CLIPS")], outputs=TRAIN_OUT)
+    curve = g.node("PreviewImage", (1800, 300), inputs=[("images", "IMAGE")], title="Loss curve")
+    att = g.node("SM_AttachSubjectModule", (1800, 0), [FROM_INPUT, 1.0, True], inputs=[VM, ADAPTER], outputs=[VM])
+    sch = g.node("SM_WeightSchedule", (1800, 160), [0.4, 0.8, 5], outputs=[SCHEDULE],
+                 title="Dynamic Weighted Video Sampling")
+    samp = g.node("SM_SampleVideo", (2160, 0), [PROMPT, NEGATIVE, 42, "fixed", 50, 12.0, "ddim", "linear", 512, 512,
+                                                16, "none", 16, 4],
+                  inputs=[VM, SCHEDULE], outputs=[("latent", "LATENT"), ("frames", "IMAGE")])
+    save = save_webp(g, (2520, 0), "still_moving/customcrafter")
+    for a, slot, b, name in [(load, 0, train, "video_model"), (refs, 0, train, "reference_images"),
+                             (ck, 1, pos, "clip"), (ck, 1, neg, "clip"), (ck, 0, ks, "model"), (pos, 0, ks, "positive"),
+                             (neg, 0, ks, "negative"), (empty, 0, ks, "latent_image"), (ks, 0, dec, "samples"),
+                             (ck, 2, dec, "vae"), (dec, 0, prior, "images"), (prior, 0, train, "prior_images"),
+                             (train, 2, curve, "images"), (load, 0, att, "video_model"), (train, 0, att, "adapter"),
+                             (att, 0, samp, "video_model"), (sch, 0, samp, "weight_schedule"), (samp, 1, save, "images")]:
+        g.link(a, slot, b, name)
+    g.save("customcrafter.json")
+
+
+def customize_a_video():
+    """Customize-A-Video: an appearance absorber, then a temporal LoRA on one reference video
+    (input/still_moving/reference_video) with the absorber frozen; at inference only the temporal
+    LoRA, here on top of an injected DreamBooth checkpoint (custom subject + custom motion)."""
+    g = Graph()
+    load = loader(g, 0)
+    ref = g.node("SM_VideoFolderClips", (0, 300), ["still_moving/reference_video", 16, 1, "a dog running", 1024],
+                 outputs=[CLIPS, ("count", "INT")], title="The reference video")
+    absorb = g.node("SM_TrainAppearanceAbsorber", (360, 300), [300, 1e-4, 16, 1, 16, 256, 256, 0, "bf16", True, 0,
+                                                               "appearance_absorber", "none"],
+                    inputs=[VM, ("reference_video", "SM_CLIPS")], outputs=TRAIN_OUT)
+    tlora = g.node("SM_TrainTemporalLoRA", (720, 300), [300, 5e-4, 32, 1, 16, 256, 256, 0, "bf16", True, 0,
+                                                        "temporal_lora", "none"],
+                   inputs=[VM, ("reference_video", "SM_CLIPS"), ("absorber", "SM_ADAPTER")], outputs=TRAIN_OUT)
+    curve = g.node("PreviewImage", (1080, 300), inputs=[("images", "IMAGE")], title="Temporal LoRA loss curve")
+    inj = g.node("SM_InjectCheckpoint", (360, 0), [CUSTOM, 1.0, True], inputs=[VM], outputs=[VM])
+    att = g.node("SM_AttachTemporalLoRA", (1080, 0), [FROM_INPUT, 1.0, True], inputs=[VM, ADAPTER], outputs=[VM],
+                 title="Attach Temporal LoRA (chain more of these to combine motions)")
+    samp = sampler(g, (1440, 0))
+    save = save_webp(g, (1800, 0), "still_moving/customize_a_video")
+    for a, slot, b, name in [(load, 0, absorb, "video_model"), (ref, 0, absorb, "reference_video"),
+                             (load, 0, tlora, "video_model"), (ref, 0, tlora, "reference_video"),
+                             (absorb, 0, tlora, "absorber"), (tlora, 2, curve, "images"),
+                             (load, 0, inj, "video_model"), (inj, 0, att, "video_model"), (tlora, 0, att, "adapter"),
+                             (att, 0, samp, "video_model"), (samp, 1, save, "images")]:
+        g.link(a, slot, b, name)
+    g.save("customize_a_video.json")
+
+
 if __name__ == "__main__":
     OUT.mkdir(exist_ok=True)
     text_to_video()
@@ -182,4 +284,7 @@ if __name__ == "__main__":
     train_motion_adapter()
     train_spatial_adapters()
     generate_with_adapters()
+    controlnet_driving_video()
+    customcrafter()
+    customize_a_video()
     print("wrote", *sorted(p.name for p in OUT.glob("*.json")))

@@ -42,6 +42,7 @@ class ComfyFiles:
 
     BASE, MOTION, CUSTOM = "v1-5-pruned-emaonly.safetensors", "mm_sd_v15_v2.ckpt", "my_dreambooth_subject.safetensors"
     LORA = "style_kohya.safetensors"
+    CONTROLNET, DRIVING_VIDEO = "control_v11p_sd15_canny.pth", "driving_video.mp4"
 
     def __init__(self, root):
         from adapters import keys
@@ -64,11 +65,32 @@ class ComfyFiles:
             lora[f"{name}.alpha"] = torch.tensor(2.0)
         self.lora = export.write_checkpoint(root / self.LORA, lora)
         self.layout = keys.UNetLayout(1, 1, (True,))
+        cn, cn_cfg = random_models.controlnet_parts("comfy", seed=14)
+        self.controlnet = root / self.CONTROLNET  # lllyasviel's .pth: a plain dict of control_model.* tensors
+        torch.save(export.controlnet_tensors(cn, cn_cfg, dtype=torch.float16), self.controlnet)
+        self.driving_video = write_driving_video(root / self.DRIVING_VIDEO)
 
     def _write(self, name, parts):
         tensors = export.checkpoint_tensors(parts["unet"], parts["vae"], parts["clip"], parts["layout"],
                                             parts["vae_levels_layers"], torch.float16)
         return export.write_checkpoint(self.root / name, tensors)
+
+
+def write_driving_video(path, frames=10, width=96, height=64):
+    """A short mp4 (a bright bar sliding over a dark background) for ComfyUI's Load Video node."""
+    import av
+    import numpy as np
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            img = np.full((height, width, 3), 30, np.uint8)
+            img[16:48, 4 + 6 * i:20 + 6 * i] = 230
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,18 @@ WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"), key=lambda p: (ORDER.index(p.ste
 PACK_NODES = {"SM_LoadVideoModel", "SM_LoadMotionLoRA", "SM_InjectCheckpoint", "SM_InjectLoRA",
               "SM_InjectComfyModel", "SM_SampleVideo", "SM_AttachMotionAdapter", "SM_AttachSpatialAdapters",
               "SM_TrainMotionAdapter", "SM_TrainSpatialAdapters", "SM_LoadAdapter", "SM_ClipsFromImages", "SM_ImageFolderClips",
-              "SM_VideoFolderClips", "SM_GeneratePriorClips", "SM_MergeClips"}
+              "SM_VideoFolderClips", "SM_GeneratePriorClips", "SM_MergeClips", "SM_LoadControlNet", "SM_ApplyControlNet", "SM_ScoreVideo",
+              "SM_WeightSchedule", "SM_TrainSubjectModule", "SM_AttachSubjectModule", "SM_TrainAppearanceAbsorber",
+              "SM_TrainTemporalLoRA", "SM_AttachTemporalLoRA"}
 SMALL = {  # per node type: what makes an example workflow CI-sized on the small models
     "SM_SampleVideo": {"steps": 2, "width": 64, "height": 64, "frames": 8},
     "SM_TrainMotionAdapter": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0},
     "SM_TrainSpatialAdapters": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0},
     "SM_GeneratePriorClips": {"count": 2, "steps": 1, "width": 64, "height": 64, "frames": 4},
+    "SM_TrainSubjectModule": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0},
+    "SM_TrainAppearanceAbsorber": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0},
+    "SM_TrainTemporalLoRA": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0},
+    "SM_WeightSchedule": {"last_steps": 1},  # the switch happens inside the 2 CI steps
     "KSampler": {"steps": 1},
     "EmptyLatentImage": {"width": 64, "height": 64, "batch_size": 2},
 }
@@ -30,9 +36,30 @@ def host(comfy, comfy_files):
     for kind, name, path in [("checkpoints", comfy_files.BASE, comfy_files.base),
                              ("checkpoints", comfy_files.CUSTOM, comfy_files.custom),
                              ("animatediff_models", comfy_files.MOTION, comfy_files.motion),
-                             ("loras", comfy_files.LORA, comfy_files.lora)]:
+                             ("loras", comfy_files.LORA, comfy_files.lora),
+                             ("controlnet", comfy_files.CONTROLNET, comfy_files.controlnet)]:
         comfy.add_model(kind, name, path)
+    video = comfy.input_dir / comfy_files.DRIVING_VIDEO  # for the ControlNet workflow's Load Video
+    if not video.exists():
+        video.symlink_to(comfy_files.driving_video)
+    write_method_inputs(comfy.input_dir, comfy_files.driving_video)
     return comfy
+
+
+def write_method_inputs(input_dir, video):
+    """What the CustomCrafter and Customize-A-Video workflows read from ComfyUI's input folder:
+    the subject's reference images and the one reference video."""
+    from PIL import Image
+    subject = input_dir / "still_moving" / "subject"
+    subject.mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        img = Image.new("RGB", (80, 64), (40, 40, 40))
+        img.paste((200, 120 + 40 * i, 60), (20 + 10 * i, 16, 56 + 10 * i, 48))
+        img.save(subject / f"ref_{i}.png")
+    ref = input_dir / "still_moving" / "reference_video"
+    ref.mkdir(parents=True, exist_ok=True)
+    if not (ref / video.name).exists():
+        (ref / video.name).symlink_to(video)
 
 
 def small(graph):
@@ -219,3 +246,31 @@ def test_cancel_training_keeps_what_was_trained(host, comfy_files):
     assert saved, "Cancel must leave the adapter trained so far"
     adapter = LowRankAdapter.load(saved[-1], "motion")
     assert 2 <= int(adapter.metadata["step"]) < 50
+
+
+def test_controlnet_nodes_drive_the_video_and_refuse_wrong_files(host, comfy_files):
+    """Through the nodes, in one graph (one model load): strength 0 gives the plain video,
+    strength 1 changes it; a checkpoint picked in the ControlNet loader fails naming the file."""
+    cf = comfy_files
+
+    def controlled(tag, strength, name=cf.CONTROLNET):
+        g = _sample_graph([f"apply{tag}", 0], {
+            f"cn{tag}": {"class_type": "SM_LoadControlNet", "inputs": {"control_net_name": name, "dtype": "auto"}},
+            f"apply{tag}": {"class_type": "SM_ApplyControlNet", "inputs": {
+                "video_model": ["load", 0], "control_net": [f"cn{tag}", 0], "image": ["img", 0],
+                "strength": strength, "start_percent": 0.0, "end_percent": 1.0}}})
+        return {(k + tag if k in ("s", "out") else k): v for k, v in g.items()} | {
+            "out" + tag: {"class_type": "PreviewImage", "inputs": {"images": ["s" + tag, 1]}}}
+    graph = _sample_graph(["load", 0], _load(cf)) | controlled("0", 0.0) | controlled("1", 1.0) | {
+        "img": {"class_type": "EmptyImage", "inputs": {"width": 80, "height": 64, "batch_size": 1, "color": 0xFFFFFF}}}
+    out = host.run(graph).outputs
+    plain, zero, one = (out[k][0][0]["samples"] for k in ("s", "s0", "s1"))
+    torch.testing.assert_close(zero, plain, rtol=0, atol=1e-6)
+    assert not torch.allclose(one, plain, atol=1e-3)
+    host.add_model("controlnet", "oops_checkpoint.safetensors", cf.base)
+    bad = controlled("x", 1.0, "oops_checkpoint.safetensors")
+    bad["imgx"] = graph["img"]
+    bad["applyx"]["inputs"]["image"] = ["imgx", 0]
+    result = host.run(_load(cf) | bad, raise_on_error=False)
+    message = result.error["exception_message"]
+    assert "oops_checkpoint.safetensors" in message and "not a ControlNet" in message

@@ -1,0 +1,137 @@
+"""The paper's ablation "training all T2I weights instead of Spatial Adapters".
+
+A full-size delta on the weight and bias of every injected T2I layer (zero at the start), so
+training it with the one training loop (``training.train(kind="full")``) is fine-tuning those
+weights themselves, under exactly the same data, noise and optimizer as the Spatial Adapters
+it is compared with. It has the same interface as ``LowRankAdapter`` (attach / save / load,
+metadata) and the same safetensors container (``still-moving-adapter/1``, kind ``full``), but it
+is an ablation: no node loads it. ``apply(model)`` gives the fine-tuned video model.
+"""
+import json
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ModelFileError
+from .lowrank import FORMAT, _maybe_json, spatial_targets
+
+FULL = "full"
+
+
+def _key(name):
+    return name.replace(".", "__")
+
+
+class FullDelta(nn.Module):
+    """``W + ΔW``, ``b + Δb`` per target layer (Linear or Conv2d)."""
+
+    kind = FULL
+    rank = 0
+
+    def __init__(self, shapes, metadata=None):
+        super().__init__()
+        self.targets = list(shapes)
+        self.metadata = dict(metadata or {})
+        self.extra_tensors = {}
+        self.weight, self.bias = nn.ParameterDict(), nn.ParameterDict()
+        for name, (w, b) in shapes.items():
+            self.weight[_key(name)] = nn.Parameter(torch.zeros(w))
+            if b is not None:
+                self.bias[_key(name)] = nn.Parameter(torch.zeros(b))
+
+    @classmethod
+    def for_model(cls, model, targets=None, metadata=None):
+        modules = dict(model.unet.named_modules())
+        targets = targets or spatial_targets(model, "all")
+        shapes = {}
+        for n in targets:
+            m = modules[n]
+            shapes[n] = (tuple(m.weight.shape), tuple(m.bias.shape) if m.bias is not None else None)
+        return cls(shapes, metadata)
+
+    def _deltas(self, name):
+        k = _key(name)
+        return self.weight[k], (self.bias[k] if k in self.bias else None)
+
+    def attach(self, unet, scale=1.0):
+        """Forward hooks adding ``layer(x; ΔW, Δb)`` to each target's output; returns handles."""
+        modules = dict(unet.named_modules())
+        handles = []
+        for name in self.targets:
+            mod = modules.get(name)
+            if mod is None:
+                raise ValueError(f"the video model has no layer '{name}' for this full-weights delta")
+            dw, db = self._deltas(name)
+            handles.append(mod.register_forward_hook(self._hook(dw, db, scale)))
+        return handles
+
+    @staticmethod
+    def _hook(dw, db, scale):
+        def hook(module, args, out):
+            s = scale() if callable(scale) else scale
+            x = args[0]
+            w, b = dw.to(x.dtype), (db.to(x.dtype) if db is not None else None)
+            if isinstance(module, nn.Conv2d):
+                extra = F.conv2d(x, w, b, module.stride, module.padding, module.dilation, module.groups)
+            else:
+                extra = F.linear(x, w, b)
+            return out + s * extra
+        return hook
+
+    def apply(self, model, scale=1.0):
+        """``model`` with the fine-tuned weights injected (its current T2I weights + delta)."""
+        from .video_model import T2I, ReplaceWeights
+        params = dict(model.unet.named_parameters())
+        tensors = {}
+        with model.patched((T2I,)), torch.no_grad():
+            for name in self.targets:
+                dw, db = self._deltas(name)
+                w = params[f"{name}.weight"]
+                tensors[f"{name}.weight"] = (w.data.float() + scale * dw.float().cpu()).to(w.dtype).clone()
+                if db is not None:
+                    b = params[f"{name}.bias"]
+                    tensors[f"{name}.bias"] = (b.data.float() + scale * db.float().cpu()).to(b.dtype).clone()
+        return model.with_patch(ReplaceWeights(T2I, tensors, 1.0, "full fine-tune"))
+
+    def save(self, path, overwrite=False, extra_tensors=None):
+        from .files import save_safetensors
+        tensors = {}
+        for name in self.targets:
+            dw, db = self._deltas(name)
+            tensors[f"{name}.weight_delta"] = dw.detach().float().cpu()
+            if db is not None:
+                tensors[f"{name}.bias_delta"] = db.detach().float().cpu()
+        tensors.update(extra_tensors or {})
+        meta = {"format": FORMAT, "kind": FULL, "rank": "0", "targets": json.dumps(self.targets)}
+        meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in self.metadata.items()})
+        return save_safetensors(tensors, path, metadata=meta, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path):
+        from .files import read_metadata, read_state_dict
+        meta = read_metadata(path)
+        if meta.get("format") != FORMAT or meta.get("kind") != FULL:
+            raise ModelFileError(path, "this is not a full-weights delta file (kind 'full').",
+                                 "Pick a file written by training.train(kind='full').")
+        tensors = read_state_dict(path, torch.float32)
+        targets = json.loads(meta["targets"])
+        shapes = {n: (tuple(tensors[f"{n}.weight_delta"].shape),
+                      tuple(tensors[f"{n}.bias_delta"].shape) if f"{n}.bias_delta" in tensors else None)
+                  for n in targets}
+        skip = ("format", "kind", "rank", "targets")
+        out = cls(shapes, {k: _maybe_json(v) for k, v in meta.items() if k not in skip})
+        with torch.no_grad():
+            for n in targets:
+                dw, db = out._deltas(n)
+                dw.copy_(tensors[f"{n}.weight_delta"])
+                if db is not None:
+                    db.copy_(tensors[f"{n}.bias_delta"])
+        out.extra_tensors = {k: v for k, v in tensors.items() if not k.endswith(("_delta",))}
+        return out
+
+    def check(self, model, path=None):
+        modules = dict(model.unet.named_modules())
+        for n in self.targets:
+            if n not in modules or tuple(modules[n].weight.shape) != tuple(self._deltas(n)[0].shape):
+                raise ModelFileError(path, f"layer '{n}' does not fit this video model.", "")

@@ -1,0 +1,337 @@
+"""The toy world: captioned clips of simple shapes moving as the caption says, small enough to
+train a text-to-video model on a CPU, plus stills of a subject that never appears in a clip.
+
+Why: nobody installing the pack has AnimateDiff or a DreamBooth checkpoint at hand, and the
+paper's claims (Still-Moving keeps the base model's motion while matching the customization)
+can only be measured where the truth is known. Here every clip is rendered from a spec, so the
+subject's position in every frame is known exactly.
+
+Stable API (used by the toy models' training script, the demo, tests and the benchmark):
+
+- ``SIZE`` (64 px, square), ``FRAMES`` (8), ``BACKGROUND`` (RGB 0-255).
+- ``SHAPES``, ``COLOURS`` (name -> RGB), ``MOTIONS`` (name -> unit (dx, dy) per frame, image
+  axes: +x right, +y down; ``"still"`` is (0, 0)), ``MOTION_PHRASES`` (name -> caption words).
+- ``caption(colour, shape, motion)`` -> "a red circle moving left";
+  ``parse_caption(text)`` -> dict(colour, shape, motion, custom) with None for what is absent.
+- ``ClipSpec`` (everything a clip is rendered from); ``random_spec(rng)``; ``spec_from_caption(
+  text, seed)`` draws the free parts (start, size, speed) from the seed.
+- ``render(spec, frames=FRAMES, size=SIZE)`` -> ``ToyClip``: ``frames`` uint8 (F, H, W, 3),
+  ``caption``, ``positions`` float (F, 2) subject centre in pixels (x, y), ``spec``.
+- ``render_caption(text, seed)`` = ``render(spec_from_caption(text, seed))``.
+- ``dataset(n, seed)`` -> n ToyClips of the base world (no customization subject), balanced
+  over colours x shapes x motions.
+- The customization subject: ``CUSTOM_TOKEN`` ("sks"), ``CUSTOM_SHAPE`` ("star"),
+  ``CUSTOM_CLASS_CAPTION`` ("a sks star"): a star with magenta/white diagonal stripes. Stars,
+  magenta and stripes never occur in ``dataset`` clips. ``custom_stills(n, seed)`` -> n
+  ToyClips of one frame each (positions included), captioned ``CUSTOM_CLASS_CAPTION``.
+  ``custom_caption(motion)`` -> "a sks star moving left" (prompts for customized videos).
+- Measuring generated videos: ``locate(frames)`` -> (centres (F, 2), areas (F,)) of the
+  pixels that differ from the background; ``displacement(frames)`` -> (dx, dy) of the
+  centre from the first to the last frame; ``custom_colour_score(frames)`` -> share of the
+  subject's pixels near the customization's two colours (magenta, white); ``mean_colour(frames)``
+  -> mean RGB of the subject's pixels (compare with the stills as a model's VAE renders them).
+
+Frames are float-free uint8 here; ``to_float(frames)`` gives the pack's (F, H, W, 3) float32
+in [0, 1] (ComfyUI's IMAGE layout, ``adapters.data.Clip``).
+"""
+import math
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SIZE = 64
+FRAMES = 8
+BACKGROUND = (24, 28, 36)
+SUPERSAMPLE = 4
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": (220, 50, 40), "green": (50, 190, 70), "blue": (50, 90, 230), "yellow": (235, 205, 40)}
+MOTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0), "still": (0.0, 0.0)}
+MOTION_PHRASES = {"left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down",
+                  "still": "standing still"}
+SPEED = (2.5, 3.5)        # pixels per frame at SIZE 64
+RADIUS = (8.0, 11.0)      # subject half-size in pixels at SIZE 64
+
+CUSTOM_TOKEN = "sks"
+CUSTOM_SHAPE = "star"
+CUSTOM_CLASS_CAPTION = f"a {CUSTOM_TOKEN} {CUSTOM_SHAPE}"
+CUSTOM_COLOURS = ((225, 40, 200), (245, 245, 245))   # magenta / white stripes
+STRIPE_PERIOD = 8.0       # pixels at SIZE 64
+
+
+def caption(colour, shape, motion):
+    return f"a {colour} {shape} {MOTION_PHRASES[motion]}"
+
+
+def custom_caption(motion=None):
+    """Prompt for the customization subject, optionally with a motion ("a sks star moving up")."""
+    return CUSTOM_CLASS_CAPTION if motion is None else f"{CUSTOM_CLASS_CAPTION} {MOTION_PHRASES[motion]}"
+
+
+def parse_caption(text):
+    """dict(colour, shape, motion, custom) read from a caption; None for what it does not name."""
+    words = text.lower().replace(",", " ").split()
+    colour = next((w for w in words if w in COLOURS), None)
+    shape = next((w for w in words if w in SHAPES or w == CUSTOM_SHAPE), None)
+    low = " ".join(words)
+    motion = next((m for m, p in MOTION_PHRASES.items() if p in low), None)
+    return {"colour": colour, "shape": shape, "motion": motion, "custom": CUSTOM_TOKEN in words}
+
+
+@dataclass
+class ClipSpec:
+    shape: str                 # one of SHAPES, or CUSTOM_SHAPE for the customization subject
+    colour: str                # a COLOURS name, or "custom" (magenta/white stripes)
+    motion: str                # a MOTIONS name
+    start: tuple               # centre (x, y) at frame 0, pixels at SIZE
+    radius: float
+    speed: float               # pixels per frame at SIZE
+    angle: float = 0.0         # rotation in degrees (stars, triangles)
+
+    @property
+    def caption(self):
+        if self.colour == "custom":
+            return custom_caption(self.motion if self.motion != "still" else None)
+        return caption(self.colour, self.shape, self.motion)
+
+
+@dataclass
+class ToyClip:
+    frames: np.ndarray         # (F, H, W, 3) uint8
+    caption: str
+    positions: np.ndarray      # (F, 2) subject centre (x, y) in pixels
+    spec: ClipSpec = field(repr=False)
+
+
+def _start(rng, motion, radius, speed, frames):
+    """A start point from which the subject stays inside the frame for the whole clip."""
+    dx, dy = MOTIONS[motion]
+    travel = speed * (frames - 1)
+    margin = radius + 2
+
+    def pick(d):
+        lo, hi = margin, SIZE - margin
+        if d > 0:
+            hi -= travel
+        elif d < 0:
+            lo += travel
+        return rng.uniform(lo, max(lo, hi))
+    return (pick(dx), pick(dy))
+
+
+def random_spec(rng, frames=FRAMES, colour=None, shape=None, motion=None):
+    """A base-world spec drawn from ``rng`` (a ``random.Random``); fixed fields may be given."""
+    colour = colour or rng.choice(sorted(COLOURS))
+    shape = shape or rng.choice(SHAPES)
+    motion = motion or rng.choice(sorted(MOTIONS))
+    radius = rng.uniform(*RADIUS)
+    speed = 0.0 if motion == "still" else rng.uniform(*SPEED)
+    return ClipSpec(shape, colour, motion, _start(rng, motion, radius, speed, frames), radius, speed,
+                    rng.uniform(-15, 15))
+
+
+def spec_from_caption(text, seed=0, frames=FRAMES):
+    """The spec a caption describes; start, size and speed from ``seed``. Unnamed parts are drawn too."""
+    p = parse_caption(text)
+    rng = random.Random(seed)
+    if p["custom"]:
+        motion = p["motion"] or "still"
+        radius = rng.uniform(*RADIUS) + 1
+        speed = 0.0 if motion == "still" else rng.uniform(*SPEED)
+        return ClipSpec(CUSTOM_SHAPE, "custom", motion, _start(rng, motion, radius, speed, frames), radius, speed,
+                        rng.uniform(-15, 15))
+    return random_spec(rng, frames, p["colour"], p["shape"] if p["shape"] in SHAPES else None, p["motion"])
+
+
+def _polygon(shape, cx, cy, r, angle):
+    a0 = math.radians(angle)
+    if shape == "square":
+        pts = [(a0 + math.pi / 4 + k * math.pi / 2, r * math.sqrt(2) * 0.85) for k in range(4)]
+    elif shape == "triangle":
+        pts = [(a0 - math.pi / 2 + k * 2 * math.pi / 3, r * 1.15) for k in range(3)]
+    elif shape == CUSTOM_SHAPE:
+        pts = [(a0 - math.pi / 2 + k * math.pi / 5, r * 1.2 if k % 2 == 0 else r * 0.5) for k in range(10)]
+    else:
+        raise ValueError(f"unknown shape '{shape}'")
+    return [(cx + rr * math.cos(a), cy + rr * math.sin(a)) for a, rr in pts]
+
+
+def _mask(shape, cx, cy, r, angle, size):
+    """Anti-aliased coverage (H, W) in [0, 1], drawn supersampled with PIL."""
+    from PIL import Image, ImageDraw
+    s = SUPERSAMPLE
+    img = Image.new("L", (size * s, size * s), 0)
+    d = ImageDraw.Draw(img)
+    scale = size / SIZE * s
+    if shape == "circle":
+        d.ellipse([(cx - r) * scale, (cy - r) * scale, (cx + r) * scale, (cy + r) * scale], fill=255)
+    else:
+        d.polygon([(x * scale, y * scale) for x, y in _polygon(shape, cx, cy, r, angle)], fill=255)
+    img = img.resize((size, size), Image.BOX)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _appearance(spec, cx, cy, size):
+    """(H, W, 3) float colour of the subject: flat, or the customization's diagonal stripes that move with it."""
+    if spec.colour != "custom":
+        return np.broadcast_to(np.array(COLOURS[spec.colour], np.float32), (size, size, 3))
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) * (SIZE / size)
+    phase = ((xs - cx) + (ys - cy)) / STRIPE_PERIOD
+    stripe = (np.sin(phase * 2 * math.pi) > 0).astype(np.float32)[..., None]
+    a, b = (np.array(c, np.float32) for c in CUSTOM_COLOURS)
+    return stripe * a + (1 - stripe) * b
+
+
+def positions(spec, frames=FRAMES):
+    dx, dy = MOTIONS[spec.motion]
+    t = np.arange(frames, dtype=np.float32)[:, None]
+    return np.array(spec.start, np.float32)[None] + t * spec.speed * np.array([dx, dy], np.float32)[None]
+
+
+def render(spec, frames=FRAMES, size=SIZE):
+    """Render a ToyClip: the subject over the flat background, moving ``speed`` px per frame."""
+    pos = positions(spec, frames)
+    bg = np.array(BACKGROUND, np.float32)
+    out = np.empty((frames, size, size, 3), np.uint8)
+    for i, (cx, cy) in enumerate(pos):
+        m = _mask(spec.shape, cx, cy, spec.radius, spec.angle, size)[..., None]
+        img = m * _appearance(spec, cx, cy, size) + (1 - m) * bg
+        out[i] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return ToyClip(out, spec.caption, pos * (size / SIZE), spec)
+
+
+def render_caption(text, seed=0, frames=FRAMES, size=SIZE):
+    return render(spec_from_caption(text, seed, frames), frames, size)
+
+
+def all_captions():
+    """Every base-world caption (colours x shapes x motions), in a fixed order."""
+    return [caption(c, s, m) for c in sorted(COLOURS) for s in SHAPES for m in sorted(MOTIONS)]
+
+
+def dataset(n, seed=0, frames=FRAMES, size=SIZE):
+    """n clips of the base world, cycling through every caption (balanced), seeded."""
+    rng = random.Random(seed)
+    caps = all_captions()
+    order = []
+    while len(order) < n:
+        block = list(range(len(caps)))
+        rng.shuffle(block)
+        order += block
+    out = []
+    for i in order[:n]:
+        c, s, m = parse_caption(caps[i])["colour"], parse_caption(caps[i])["shape"], parse_caption(caps[i])["motion"]
+        out.append(render(random_spec(rng, frames, c, s, m), frames, size))
+    return out
+
+
+def custom_stills(n=6, seed=0, size=SIZE):
+    """The customization data: n stills of the striped 'sks star' at varied places, sizes, angles."""
+    rng = random.Random(10_000 + seed)
+    out = []
+    for _ in range(n):
+        radius = rng.uniform(*RADIUS) + 1
+        start = (rng.uniform(radius + 4, SIZE - radius - 4), rng.uniform(radius + 4, SIZE - radius - 4))
+        spec = ClipSpec(CUSTOM_SHAPE, "custom", "still", start, radius, 0.0, rng.uniform(-15, 15))
+        out.append(render(spec, 1, size))
+    return out
+
+
+def generic_images(n, seed=0, size=SIZE):
+    """n stills of random shapes (stars and polygons included) in random colours, half of them
+    striped in two random colours: general image data for the autoencoder, as SD's VAE was
+    trained on general images. Not the customization subject, and never used for the T2I/T2V."""
+    from PIL import Image, ImageDraw
+    rng = random.Random(20_000 + seed)
+    s = SUPERSAMPLE
+    out = []
+    for _ in range(n):
+        bg = tuple(rng.randrange(0, 256) for _ in range(3)) if rng.random() < 0.3 else BACKGROUND
+        img = np.empty((size, size, 3), np.float32)
+        img[:] = bg
+        for _ in range(rng.choice((1, 1, 2))):
+            shape = rng.choice(SHAPES + (CUSTOM_SHAPE, "blob"))
+            r = rng.uniform(5, 18)
+            cx, cy = rng.uniform(r, SIZE - r), rng.uniform(r, SIZE - r)
+            if shape == "blob":
+                pts = [(cx + rng.uniform(0.5, 1.3) * r * math.cos(a), cy + rng.uniform(0.5, 1.3) * r * math.sin(a))
+                       for a in np.linspace(0, 2 * math.pi, 7)[:-1]]
+                m = Image.new("L", (size * s, size * s), 0)
+                ImageDraw.Draw(m).polygon([(x * s * size / SIZE, y * s * size / SIZE) for x, y in pts], fill=255)
+                mask = np.asarray(m.resize((size, size), Image.BOX), np.float32)[..., None] / 255.0
+            else:
+                mask = _mask(shape, cx, cy, r, rng.uniform(0, 360), size)[..., None]
+            a = np.array([rng.randrange(256) for _ in range(3)], np.float32)
+            if rng.random() < 0.5:
+                b = np.array([rng.randrange(256) for _ in range(3)], np.float32)
+                ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) * (SIZE / size)
+                th, period = rng.uniform(0, math.pi), rng.uniform(5, 12)
+                st = (np.sin((xs * math.cos(th) + ys * math.sin(th)) / period * 2 * math.pi) > 0)[..., None]
+                colour = np.where(st, a, b)
+            else:
+                colour = a
+            img = mask * colour + (1 - mask) * img
+        out.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def to_float(frames):
+    """uint8 (F, H, W, 3) -> float32 torch tensor in [0, 1] (the pack's pixel-clip layout)."""
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(frames)).float() / 255.0
+
+
+def _as_uint8(frames):
+    a = frames.detach().cpu().numpy() if hasattr(frames, "detach") else np.asarray(frames)
+    if a.dtype != np.uint8:
+        a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+    return a
+
+
+def foreground(frames, threshold=40.0):
+    """(F, H, W) bool: pixels farther than ``threshold`` (0-255 RGB distance) from the background."""
+    a = _as_uint8(frames).astype(np.float32)
+    return np.linalg.norm(a - np.array(BACKGROUND, np.float32), axis=-1) > threshold
+
+
+def locate(frames, threshold=40.0):
+    """Subject centre (F, 2) (x, y) in pixels and area (F,) in pixels from the foreground mask;
+    a frame with no foreground gets the image centre and area 0."""
+    fg = foreground(frames, threshold)
+    f, h, w = fg.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    area = fg.reshape(f, -1).sum(1).astype(np.float32)
+    safe = np.maximum(area, 1)
+    cx = (fg * xs).reshape(f, -1).sum(1) / safe
+    cy = (fg * ys).reshape(f, -1).sum(1) / safe
+    centres = np.stack([np.where(area > 0, cx, w / 2), np.where(area > 0, cy, h / 2)], 1)
+    return centres, area
+
+
+def displacement(frames, threshold=40.0):
+    """(dx, dy) of the subject's centre from the first to the last frame, in pixels."""
+    c, _ = locate(frames, threshold)
+    return float(c[-1, 0] - c[0, 0]), float(c[-1, 1] - c[0, 1])
+
+
+def mean_colour(frames, threshold=40.0):
+    """Mean RGB (0-255) of the foreground pixels of all frames; the background colour if none.
+    Compare with the customization stills passed through a model's own VAE when the VAE cannot
+    reproduce the exact stripes (the shipped toy VAE renders the striped star as a red blob)."""
+    a = _as_uint8(frames).astype(np.float32)
+    fg = foreground(a.astype(np.uint8), threshold)
+    return a[fg].mean(0) if fg.any() else np.array(BACKGROUND, np.float32)
+
+
+def custom_colour_score(frames, threshold=40.0, tolerance=70.0):
+    """Share of foreground pixels within ``tolerance`` of magenta or white (the customization's
+    stripes); 0 for a clip of the base world, near 1 for the customization stills."""
+    a = _as_uint8(frames).astype(np.float32)
+    fg = foreground(a.astype(np.uint8), threshold)
+    if not fg.any():
+        return 0.0
+    near = np.zeros(fg.shape, bool)
+    for c in CUSTOM_COLOURS:
+        near |= np.linalg.norm(a - np.array(c, np.float32), axis=-1) < tolerance
+    return float((near & fg).sum() / fg.sum())

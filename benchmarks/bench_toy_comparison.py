@@ -1,0 +1,429 @@
+"""The paper's comparison, measured on the toy world (issue 4): Still-Moving against its baselines
+and ablations, same prompts, same seeds, same training data and steps.
+
+Rows (``--methods``):
+  truth              the toy world's own rendering of each prompt (no model): the scores' ceiling
+  base               the base T2V model, not customized (the motion every method should keep)
+  naive              naive injection of the customized T2I (weight 1)
+  interpolation      weights interpolated half way, w = 0.5
+  interleaved        the interleaved baseline as the pack's trainer offers it: Spatial Adapters
+                     trained on the stills with the temporal layers off, alternating with prior
+                     videos with them on (no Motion Adapter)
+  interleaved_full   the same with every injected T2I weight trained (the paper's description of
+                     the baseline: the T2I weights are fine-tuned)
+  still_moving       Motion Adapter (α = 1 on the stills, 0 on prior videos) + Spatial Adapters
+  no_motion_adapter  ablation: the same, but the Motion Adapter is a fresh one (A_up = 0: the
+                     identity), so the stills are learned as frozen VIDEOS by the plain model
+  full_weights       ablation: every injected T2I weight trained (fullweights.FullDelta) instead
+                     of Spatial Adapters, with the Motion Adapter
+  no_prior           ablation: Still-Moving without prior videos (stills only)
+
+Training data, the same for every trained row: images SAMPLED FROM THE CUSTOMIZED T2I (the
+customized UNet with its temporal layers bypassed, one frame, prompt "a sks star"), as the
+paper does, and natural clips of the toy world (toyworld.dataset) as prior videos.
+
+Scores (per video, then the mean over prompts x seeds):
+  fidelity      share of the subject's pixels in the customization's colours (magenta/white
+                stripes; toyworld.custom_colour_score): the toy world's CLIP-I
+  template      the subject's crop against the customization images' crops (mean-centred cosine,
+                best match per frame): a second, shape-aware CLIP-I analogue
+  dir_acc       share of videos whose subject moves the way the caption says ("sks" prompts)
+  along_px      the subject's displacement along the caption's direction, first to last frame
+                (truth: 17-25 px over 8 frames)
+  speed_px      mean step of the subject's centre per frame, any direction
+  frame_corr    mean correlation of consecutive frames (temporal consistency; 1 = frozen)
+  colour_acc    base-world prompts ("a red circle moving left") on the customized model: share of
+                the subject's pixels in the named colour (generalization beyond the subject)
+  base_dir_acc  direction accuracy on those base-world prompts
+  leak          customization colours showing up in base-world prompts (lower is better)
+
+Outputs (``--out``, a new folder each run): results.json, table.md, plot.png, grid_custom.png,
+grid_custom.gif, grid_base.png. ``--quick``: a cut-down setting for CI (a few steps).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_toy_comparison.py            # shipped models in embedded/
+    OMP_NUM_THREADS=1 python benchmarks/bench_toy_comparison.py --quick
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from adapters import data, inject, loading, sampling, scoring, toyworld as tw, training  # noqa: E402
+from adapters.files import unique_path, write_text  # noqa: E402
+from adapters.lowrank import MOTION, LowRankAdapter  # noqa: E402
+from adapters.video_model import AdapterPatch  # noqa: E402
+
+FILES = {"base": "toy_base.safetensors", "custom": "toy_custom_sks_star.safetensors",
+         "motion": "toy_mm_v2.safetensors", "adapter": "toy_motion_adapter.safetensors"}
+METHODS = ("truth", "base", "naive", "interpolation", "interleaved", "interleaved_full", "still_moving",
+           "no_motion_adapter", "full_weights", "no_prior")
+TRAINED = {"interleaved", "interleaved_full", "still_moving", "no_motion_adapter", "full_weights", "no_prior"}
+CUSTOM_MOTIONS = ("left", "right", "up", "down")
+BASE_PROMPTS = (("red", "circle", "left"), ("blue", "square", "right"), ("green", "triangle", "up"),
+                ("yellow", "circle", "down"))
+COLUMNS = ("fidelity", "template", "dir_acc", "along_px", "speed_px", "frame_corr", "colour_acc", "base_dir_acc",
+           "leak")
+HIGHER_IS_BETTER = {"leak": False}
+SETTINGS = {  # full / quick
+    "seeds": ((0, 1, 2), (0,)),
+    "custom_motions": (CUSTOM_MOTIONS, ("left",)),
+    "base_prompts": (BASE_PROMPTS, BASE_PROMPTS[1:2]),
+    "sample_steps": (20, 4),
+    "train_steps": (300, 4),
+    "stills": (8, 2),
+    "prior": (40, 4),
+    "motion_adapter_steps": (200, 8),   # only when the models folder has no Motion Adapter
+    "batch": (2, 1),
+}
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+# --- generating --------------------------------------------------------------------------------
+
+def generate(model, prompt, seed, steps, cfg, frames=tw.FRAMES, device="cpu"):
+    cond = sampling.encode_text(model, [prompt], device)
+    uncond = sampling.encode_text(model, [""], device)
+    lat = sampling.sample(model, cond, uncond, seed=seed, steps=steps, cfg=cfg, width=tw.SIZE, height=tw.SIZE,
+                          frames=frames, device=device)
+    return sampling.decode(model, lat)
+
+
+def video(model, prompt, seed, s, device):
+    """A generated video, or with ``model`` None the toy world's own clip for the prompt."""
+    if model is None:
+        return tw.to_float(tw.render_caption(prompt, seed).frames)
+    return generate(model, prompt, seed, s["sample_steps"], s["cfg"], device=device)
+
+
+def m1_stills(customized, n, steps, cfg, device):
+    """Images of the customized T2I model (temporal layers bypassed, one frame): the paper's
+    spatial training data."""
+    clips = []
+    with training.temporal_layers_off(customized.unet):
+        for i in range(n):
+            frame = generate(customized, tw.CUSTOM_CLASS_CAPTION, 100 + i, steps, cfg, frames=1, device=device)
+            clips.append(data.Clip(frame, tw.CUSTOM_CLASS_CAPTION, f"customized T2I sample {i}"))
+    return clips
+
+
+def prior_videos(n):
+    return [data.Clip(tw.to_float(c.frames), c.caption, f"toy clip {i}") for i, c in enumerate(tw.dataset(n, seed=7))]
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+def _u8(frames):
+    return np.clip(np.rint(frames.numpy() * 255), 0, 255).astype(np.uint8)
+
+
+def _crop_vector(frame, side=24):
+    """The subject's bounding square, resized to ``side`` and mean-centred, as a unit vector."""
+    from PIL import Image
+    fg = tw.foreground(frame[None])[0]
+    if fg.sum() < 8:
+        return None
+    ys, xs = np.nonzero(fg)
+    cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+    half = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2 + 2
+    pad = int(math.ceil(half)) + 1
+    padded = np.pad(frame, ((pad, pad), (pad, pad), (0, 0)), mode="constant")
+    padded[:pad], padded[-pad:], padded[:, :pad], padded[:, -pad:] = tw.BACKGROUND, tw.BACKGROUND, tw.BACKGROUND, \
+        tw.BACKGROUND
+    y0, x0 = int(round(cy - half)) + pad, int(round(cx - half)) + pad
+    size = int(round(2 * half))
+    crop = Image.fromarray(padded[y0:y0 + size, x0:x0 + size]).resize((side, side), Image.BILINEAR)
+    v = np.asarray(crop, np.float32).ravel()
+    v = v - v.mean()
+    return v / max(np.linalg.norm(v), 1e-6)
+
+
+def template_similarity(frames_u8, refs):
+    """Mean over frames of the best cosine between the frame's subject crop and the references'."""
+    sims = []
+    for f in frames_u8:
+        v = _crop_vector(f)
+        sims.append(0.0 if v is None else float(max(v @ r for r in refs)))
+    return float(np.mean(sims))
+
+
+def colour_share(frames_u8, colour, tolerance=70.0):
+    """Share of the subject's pixels within ``tolerance`` of a named colour."""
+    fg = tw.foreground(frames_u8)
+    if not fg.any():
+        return 0.0
+    near = np.linalg.norm(frames_u8.astype(np.float32) - np.array(tw.COLOURS[colour], np.float32), axis=-1) < tolerance
+    return float((near & fg).sum() / fg.sum())
+
+
+def motion_of(frames_u8, motion):
+    centres, area = tw.locate(frames_u8)
+    seen = area > 0
+    pts = centres[seen]
+    speed = float(np.linalg.norm(np.diff(pts, axis=0), axis=1).mean()) if len(pts) > 1 else 0.0
+    dx, dy = (pts[-1] - pts[0]).tolist() if len(pts) > 1 else (0.0, 0.0)
+    ux, uy = tw.MOTIONS[motion]
+    went = scoring.direction_of(dx / tw.SIZE, dy / tw.SIZE)
+    return {"along_px": dx * ux + dy * uy, "speed_px": speed, "dir_ok": float(went == motion), "went": went}
+
+
+def score_custom(frames, motion, refs):
+    u8 = _u8(frames)
+    m = motion_of(u8, motion)
+    return {"fidelity": tw.custom_colour_score(u8), "template": template_similarity(u8, refs),
+            "dir_acc": m["dir_ok"], "along_px": m["along_px"], "speed_px": m["speed_px"],
+            "frame_corr": scoring.frame_correlation(frames), "went": m["went"]}
+
+
+def score_base(frames, colour, motion):
+    u8 = _u8(frames)
+    m = motion_of(u8, motion)
+    return {"colour_acc": colour_share(u8, colour), "base_dir_acc": m["dir_ok"], "leak": tw.custom_colour_score(u8),
+            "went": m["went"]}
+
+
+# --- the methods -----------------------------------------------------------------------------------
+
+def build_methods(names, base, custom_path, motion_adapter, stills, prior, s, out, device):
+    """name -> (video model to sample, training seconds)."""
+    naive = inject.inject_checkpoint(base, custom_path, 1.0)
+    models = {}
+    for name in names:
+        t0 = time.time()
+        if name == "truth":
+            models[name] = (None, 0.0)
+            continue
+        if name == "base":
+            models[name] = (base, 0.0)
+            continue
+        if name == "naive":
+            models[name] = (naive, 0.0)
+            continue
+        if name == "interpolation":
+            models[name] = (inject.inject_checkpoint(base, custom_path, 0.5), 0.0)
+            continue
+        kind, ma, ratio, interleaved = "spatial", motion_adapter, s["prior_ratio"], False
+        if name in ("interleaved", "interleaved_full"):
+            ma, interleaved = None, True
+            kind = "full" if name == "interleaved_full" else kind
+        elif name == "no_motion_adapter":
+            ma = LowRankAdapter.for_model(MOTION, base, motion_adapter.rank, seed=s["seed"])  # A_up = 0: identity
+        elif name == "full_weights":
+            kind = "full"
+        elif name == "no_prior":
+            ratio = 0.0
+        lr = s["full_lr"] if kind == "full" else s["lr"]
+        settings = training.TrainSettings(steps=s["train_steps"], learning_rate=lr, rank=s["rank"], batch=s["batch"],
+                                          frames=tw.FRAMES, seed=s["seed"], prior_ratio=ratio,
+                                          interleaved=interleaved)
+        res = training.train(naive, kind, settings, out / "adapters" / f"{name}.safetensors", custom_clips=stills,
+                             prior_clips=prior if ratio > 0 else (), motion_adapter=ma, device=device)
+        model = res.adapter.apply(naive) if kind == "full" else naive.with_patch(AdapterPatch(res.adapter, 1.0, True))
+        last = [l for _, l, src in res.losses if src == "custom"][-20:]
+        log(f"  trained {name}: {res.step} steps in {res.seconds:.1f} s (custom loss {np.mean(last):.4f})")
+        models[name] = (model, time.time() - t0)
+    return models
+
+
+def evaluate(models, s, refs, device):
+    results, videos = {}, {}
+    for name, (model, train_s) in models.items():
+        t0 = time.time()
+        rows_c, rows_b = [], []
+        for motion in s["custom_motions"]:
+            prompt = tw.custom_caption(motion)
+            for seed in s["seeds"]:
+                frames = video(model, prompt, seed, s, device)
+                rows_c.append(dict(score_custom(frames, motion, refs), prompt=prompt, seed=seed))
+                videos.setdefault(("custom", name), frames)
+        for colour, shape, motion in s["base_prompts"]:
+            prompt = tw.caption(colour, shape, motion)
+            for seed in s["seeds"]:
+                frames = video(model, prompt, seed, s, device)
+                rows_b.append(dict(score_base(frames, colour, motion), prompt=prompt, seed=seed))
+                videos.setdefault(("base", name), frames)
+        agg = {k: float(np.mean([r[k] for r in rows_c])) for k in COLUMNS[:6]}
+        agg.update({k: float(np.mean([r[k] for r in rows_b])) for k in COLUMNS[6:]})
+        agg["train_s"] = round(train_s, 1)
+        results[name] = {"scores": agg, "custom_videos": rows_c, "base_videos": rows_b,
+                         "sample_s": round(time.time() - t0, 1)}
+        log(f"  scored {name}: " + ", ".join(f"{k} {agg[k]:.3f}" for k in COLUMNS))
+    return results, videos
+
+
+# --- reporting -------------------------------------------------------------------------------------
+
+def table(results):
+    head = "| method | " + " | ".join(COLUMNS) + " | train s |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for name, r in results.items():
+        sc = r["scores"]
+        lines.append(f"| {name} | " + " | ".join(f"{sc[k]:.3f}" for k in COLUMNS) + f" | {sc['train_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    """One panel per score, a bar per method (PIL only)."""
+    from PIL import Image, ImageDraw
+    names = list(results)
+    cols, pw, row_h = 3, 330, 16
+    ph = 26 + row_h * len(names)
+    rows = math.ceil(len(COLUMNS) / cols)
+    img = Image.new("RGB", (cols * pw, rows * ph + 6), (250, 250, 250))
+    d = ImageDraw.Draw(img)
+    palette = [(90, 90, 90), (200, 80, 60), (230, 150, 50), (120, 120, 200), (40, 150, 80), (150, 90, 170),
+               (60, 160, 190), (170, 170, 60)]
+    for i, key in enumerate(COLUMNS):
+        x0, y0 = (i % cols) * pw + 6, (i // cols) * ph + 4
+        vals = [results[n]["scores"][key] for n in names]
+        lo, hi = min(0.0, min(vals)), max(1e-9, max(vals))
+        better = "higher" if HIGHER_IS_BETTER.get(key, True) else "lower"
+        d.text((x0, y0), f"{key} ({better} is better)", fill=(0, 0, 0))
+        for j, (n, v) in enumerate(zip(names, vals)):
+            y = y0 + 18 + j * row_h
+            d.text((x0, y), n[:17], fill=(40, 40, 40))
+            bx = x0 + 118
+            zero = bx + (150 * (0 - lo) / (hi - lo))
+            end = bx + (150 * (v - lo) / (hi - lo))
+            d.rectangle([min(zero, end), y + 2, max(zero, end), y + row_h - 4], fill=palette[j % len(palette)])
+            d.text((bx + 156, y), f"{v:.3f}", fill=(40, 40, 40))
+    img.save(path)
+
+
+def grids(videos, names, out, zoom=2):
+    """PNG grids (a row of frames per method) and an animated GIF (a tile per method), pixels
+    enlarged ``zoom`` times (nearest: the 64 px frames stay sharp)."""
+    from PIL import Image, ImageDraw
+    label_w = 120
+    for which in ("custom", "base"):
+        rows = [(n, _u8(videos[(which, n)]).repeat(zoom, 1).repeat(zoom, 2)) for n in names if (which, n) in videos]
+        if not rows:
+            continue
+        f, h, w = rows[0][1].shape[:3]
+        img = Image.new("RGB", (label_w + f * w, len(rows) * h), (255, 255, 255))
+        d = ImageDraw.Draw(img)
+        for r, (n, u8) in enumerate(rows):
+            d.text((4, r * h + h // 2 - 6), n, fill=(0, 0, 0))
+            for t in range(f):
+                img.paste(Image.fromarray(u8[t]), (label_w + t * w, r * h))
+        img.save(out / f"grid_{which}.png")
+        if which == "custom":
+            cols = 4
+            tiles = []
+            for t in range(f):
+                frame = Image.new("RGB", (cols * w, math.ceil(len(rows) / cols) * (h + 12)), (255, 255, 255))
+                dd = ImageDraw.Draw(frame)
+                for k, (n, u8) in enumerate(rows):
+                    x, y = (k % cols) * w, (k // cols) * (h + 12)
+                    dd.text((x + 2, y), n, fill=(0, 0, 0))
+                    frame.paste(Image.fromarray(u8[t]), (x, y + 12))
+                tiles.append(frame)
+            tiles[0].save(out / "grid_custom.gif", save_all=True, append_images=tiles[1:], duration=150, loop=0)
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+def load_models(models_dir, s, out, device):
+    models_dir = Path(models_dir)
+    missing = [f for k, f in FILES.items() if k != "adapter" and not (models_dir / f).is_file()]
+    if missing:
+        sys.exit(f"{models_dir} lacks {', '.join(missing)}: give --models the folder of the toy models "
+                 "(scripts/train_toy_models.py writes them).")
+    base = loading.load_video_model(models_dir / FILES["base"], models_dir / FILES["motion"])
+    ma_path = models_dir / FILES["adapter"]
+    if ma_path.is_file():
+        ma = LowRankAdapter.load(ma_path, MOTION)
+        ma.check(base, ma_path)
+        log(f"Motion Adapter: {ma_path.name} (rank {ma.rank})")
+    else:  # train one the way the toy models' script does: frozen toy clips
+        clips = data.encode_clips(base.vae, prior_videos(s["prior"]), tw.SIZE, tw.SIZE)
+        settings = training.TrainSettings(steps=s["motion_adapter_steps"], learning_rate=1e-3, rank=s["rank"],
+                                          frames=tw.FRAMES, seed=s["seed"])
+        ma = training.train(base, MOTION, settings, out / "adapters" / "motion.safetensors", custom_clips=clips,
+                            device=device).adapter
+        log(f"Motion Adapter: none in {models_dir}, trained one ({settings.steps} steps)")
+    return base, models_dir / FILES["custom"], ma
+
+
+def run(args):
+    quick = 1 if args.quick else 0
+    s = {k: v[quick] for k, v in SETTINGS.items()}
+    for key in ("train_steps", "sample_steps"):
+        if getattr(args, key) is not None:
+            s[key] = getattr(args, key)
+    if args.seeds is not None:
+        s["seeds"] = tuple(range(args.seeds))
+    s.update(cfg=args.cfg, lr=args.lr, full_lr=args.full_lr, rank=args.rank, seed=0, prior_ratio=args.prior_ratio)
+    if args.batch is not None:
+        s["batch"] = args.batch
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        sys.exit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    out = unique_path(Path(args.out))
+    (out / "adapters").mkdir(parents=True)
+    t0 = time.time()
+    device = args.device
+    log(f"toy comparison ({'quick' if quick else 'full'}): {len(names)} methods, "
+        f"{len(s['custom_motions']) + len(s['base_prompts'])} prompts x {len(s['seeds'])} seeds -> {out}")
+    base, custom_path, ma = load_models(args.models, s, out, device)
+    naive = inject.inject_checkpoint(base, custom_path, 1.0)
+    t1 = time.time()
+    stills = data.encode_clips(base.vae, m1_stills(naive, s["stills"], s["sample_steps"], s["cfg"], device),
+                               tw.SIZE, tw.SIZE)
+    prior = data.encode_clips(base.vae, prior_videos(s["prior"]), tw.SIZE, tw.SIZE)
+    log(f"data: {len(stills)} stills sampled from the customized T2I, {len(prior)} prior clips "
+        f"({time.time() - t1:.1f} s)")
+    refs = [v for v in (_crop_vector(c.frames[0]) for c in tw.custom_stills(6, seed=0)) if v is not None]
+    models = build_methods(names, base, custom_path, ma, stills, prior, s, out, device)
+    results, videos = evaluate(models, s, refs, device)
+    text = table(results)
+    log("\n" + text)
+    report = {"setting": "quick" if quick else "full", "models": str(Path(args.models).resolve()),
+              "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()},
+              "threads": torch.get_num_threads(), "seconds": round(time.time() - t0, 1), "results": results}
+    write_text(out / "results.json", json.dumps(report, indent=1, default=str))
+    write_text(out / "table.md", text + "\n")
+    plot(results, out / "plot.png")
+    grids(videos, names, out)
+    log(f"wrote {out} in {time.time() - t0:.0f} s")
+    return out
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=str(REPO / "embedded"), help="folder of the toy models")
+    ap.add_argument("--out", default=str(REPO / "output" / "toy_comparison"), help="a new folder is made per run")
+    ap.add_argument("--quick", action="store_true", help="cut-down setting for CI (under ~3 min)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", type=int, help="number of seeds (0..n-1)")
+    ap.add_argument("--train-steps", dest="train_steps", type=int)
+    ap.add_argument("--sample-steps", dest="sample_steps", type=int)
+    ap.add_argument("--cfg", type=float, default=4.0)
+    ap.add_argument("--lr", type=float, default=1e-3, help="adapters' learning rate")
+    ap.add_argument("--full-lr", dest="full_lr", type=float, default=2e-4, help="full_weights' learning rate")
+    ap.add_argument("--rank", type=int, default=4)
+    ap.add_argument("--batch", type=int, help="training batch (full 2, quick 1)")
+    ap.add_argument("--prior-ratio", dest="prior_ratio", type=float, default=0.5)
+    ap.add_argument("--device", default="cpu")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""CustomCrafter and Customize-A-Video nodes: thin glue over ``adapters.customize``."""
+from ..adapters import customize, lowrank, schedule, training
+from . import paths
+from .adapter_nodes import ADAPTER, adapter_files
+from .training_nodes import CLIPS, _resume_choices, _settings_inputs, _Trainer
+from .video_model_nodes import CATEGORY, VIDEO_MODEL
+
+WEIGHT_SCHEDULE = "SM_WEIGHT_SCHEDULE"
+FROM_INPUT = "(adapter input)"
+
+
+def _choices(kind):
+    return [FROM_INPUT] + [f for f in adapter_files(kind) if f != "(none)"]
+
+
+def _adapter(kind, name, adapter):
+    """The adapter from the graph if linked, else the chosen file (checked to be of ``kind``)."""
+    if adapter is not None:
+        return adapter, ""
+    if name == FROM_INPUT:
+        raise ValueError(f"no {kind} adapter: link the 'adapter' input or pick a file from "
+                         f"models/still_moving/{kind}/.")
+    path = paths.full_path("still_moving", name)
+    return lowrank.LowRankAdapter.load(path, kind), path
+
+
+class WeightScheduleNode:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "early": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 2.0, "step": 0.05,
+                                "tooltip": "λs: weight of every spatial customization (subject module, Spatial "
+                                           "Adapters, injected checkpoint/LoRA/MODEL) in the early, motion-forming "
+                                           "steps. CustomCrafter: 0.4."}),
+            "late": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 2.0, "step": 0.05,
+                               "tooltip": "λl: their weight in the last steps, which form appearance details. "
+                                          "CustomCrafter: 0.8."}),
+            "last_steps": ("INT", {"default": 5, "min": 0, "max": 200,
+                                   "tooltip": "K: how many final steps run at the late weight (CustomCrafter: 5 of "
+                                              "50 DDIM steps). Temporal layers and the prompt are not scaled."}),
+        }}
+
+    RETURN_TYPES = (WEIGHT_SCHEDULE,)
+    RETURN_NAMES = ("weight_schedule",)
+    FUNCTION = "make"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("CustomCrafter's Dynamic Weighted Video Sampling: a low weight for the spatial customizations "
+                   "early, a high one for the last K steps. Connect to the sampler's weight_schedule input.")
+
+    def make(self, early, late, last_steps):
+        s = schedule.WeightSchedule(float(early), float(late), int(last_steps))
+        s.validate()
+        return (s,)
+
+
+class _Attach:
+    KIND = ""
+    RETURN_TYPES = (VIDEO_MODEL,)
+    FUNCTION = "attach"
+    CATEGORY = CATEGORY
+
+    def attach(self, video_model, adapter_name, strength, merge, adapter=None):
+        adapter, path = _adapter(self.KIND, adapter_name, adapter)
+        return (customize.attach(video_model, adapter, strength, merge, kind=self.KIND, source=str(path)),)
+
+
+class AttachSubjectModule(_Attach):
+    KIND = lowrank.SUBJECT
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_model": (VIDEO_MODEL,),
+            "adapter_name": (_choices(cls.KIND), {"tooltip": "A subject module from models/still_moving/subject/, or "
+                                                             "'(adapter input)' to use the linked adapter."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                   "tooltip": "A weight schedule on the sampler multiplies this per step."}),
+            "merge": ("BOOLEAN", {"default": True, "tooltip": "Fold into the weights while sampling (no extra cost)."}),
+        }, "optional": {"adapter": (ADAPTER, {"tooltip": "A subject module straight from the trainer node."})}}
+
+    DESCRIPTION = "Attaches a CustomCrafter subject module (spatial Q/K/V update) to the video model."
+
+
+class AttachTemporalLoRA(_Attach):
+    KIND = lowrank.TEMPORAL
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_model": (VIDEO_MODEL,),
+            "adapter_name": (_choices(cls.KIND), {"tooltip": "A temporal LoRA from models/still_moving/temporal/, or "
+                                                             "'(adapter input)' to use the linked adapter."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05,
+                                   "tooltip": "Chain several of these nodes to combine motions: their weight "
+                                              "changes add up. Negative values are allowed."}),
+            "merge": ("BOOLEAN", {"default": True, "tooltip": "Fold into the weights while sampling (no extra cost)."}),
+        }, "optional": {"adapter": (ADAPTER, {"tooltip": "A temporal LoRA straight from the trainer node."})}}
+
+    DESCRIPTION = ("Attaches a Customize-A-Video temporal LoRA (a reference video's motion). Stacks with other "
+                   "temporal LoRAs, Spatial Adapters and an injected customized checkpoint.")
+
+
+def _settings(steps, learning_rate, rank, batch, frames, seed, mixed_precision, gradient_checkpointing, save_every,
+              **extra):
+    return training.TrainSettings(steps, learning_rate, rank, batch, frames, seed, mixed_precision,
+                                  gradient_checkpointing, save_every, **extra)
+
+
+class TrainSubjectModule(_Trainer):
+    @classmethod
+    def INPUT_TYPES(cls):
+        req = {"video_model": (VIDEO_MODEL, {"tooltip": "The video model the subject module is trained in (usually "
+                                                         "the base AnimateDiff model)."}),
+               "reference_images": (CLIPS, {"tooltip": "The subject's reference images (Training Clips from Image "
+                                                       "Folder / from Images), captioned with a rare trigger word, "
+                                                       "e.g. 'a photo of sks dog'. Each becomes a still clip."})}
+        req.update(_settings_inputs(rank=4, lr=1e-4, steps=1000))
+        req["name"] = ("STRING", {"default": "subject_module"})
+        req["prior_ratio"] = ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                                        "tooltip": "Share of steps on the prior-preservation images."})
+        return {"required": req, "optional": {
+            "prior_images": (CLIPS, {"tooltip": "Class images for prior preservation (e.g. 'a photo of a dog' made by "
+                                                "the base checkpoint); CustomCrafter used about 200."}),
+            "resume_from": (_resume_choices(lowrank.SUBJECT),)}, "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    DESCRIPTION = ("CustomCrafter: trains a subject module (rank-4 update on Q/K/V of the spatial self- and cross-"
+                   "attention; temporal layers untouched) on still clips of the reference images. The paper also "
+                   "learns a new token; this node does not: use a rare word in the captions. Paper: lr 3e-5 for 10k "
+                   "steps; these defaults are shorter and not tuned. Saved to models/still_moving/subject/.")
+
+    def train(self, video_model, reference_images, steps, learning_rate, rank, batch, frames, width, height, seed,
+              mixed_precision, gradient_checkpointing, save_every, name, prior_ratio, prior_images=None,
+              resume_from="none", unique_id=None):
+        s = _settings(steps, learning_rate, rank, batch, frames, seed, mixed_precision, gradient_checkpointing,
+                      save_every, prior_ratio=prior_ratio)
+        return self._train(lowrank.SUBJECT, video_model, reference_images, list(prior_images or []), None, s,
+                           width, height, name, resume_from, unique_id)
+
+
+class TrainAppearanceAbsorber(_Trainer):
+    @classmethod
+    def INPUT_TYPES(cls):
+        req = {"video_model": (VIDEO_MODEL, {"tooltip": "The base video model."}),
+               "reference_video": (CLIPS, {"tooltip": "The one reference video (Training Clips from Video Folder), "
+                                                      "captioned with what it shows."})}
+        req.update(_settings_inputs(rank=16, lr=1e-4, steps=300))
+        req["name"] = ("STRING", {"default": "appearance_absorber"})
+        return {"required": req, "optional": {"resume_from": (_resume_choices(lowrank.ABSORBER),)},
+                "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    DESCRIPTION = ("Customize-A-Video, stage 1: an appearance absorber (spatial attention update) trained on the "
+                   "reference video's frames as unordered images, temporal layers bypassed. Feed it to Train "
+                   "Temporal LoRA; it is not used at inference. Defaults are not from the paper (unpublished). "
+                   "Saved to models/still_moving/absorber/.")
+
+    def train(self, video_model, reference_video, steps, learning_rate, rank, batch, frames, width, height, seed,
+              mixed_precision, gradient_checkpointing, save_every, name, resume_from="none", unique_id=None):
+        s = _settings(steps, learning_rate, rank, batch, frames, seed, mixed_precision, gradient_checkpointing,
+                      save_every)
+        return self._train(lowrank.ABSORBER, video_model, reference_video, [], None, s, width, height, name,
+                           resume_from, unique_id)
+
+
+class TrainTemporalLoRA(_Trainer):
+    @classmethod
+    def INPUT_TYPES(cls):
+        req = {"video_model": (VIDEO_MODEL, {"tooltip": "The base video model (the one the absorber was trained in)."}),
+               "reference_video": (CLIPS, {"tooltip": "The same reference video, real frames in order."})}
+        req.update(_settings_inputs(rank=32, lr=5e-4, steps=300))
+        req["name"] = ("STRING", {"default": "temporal_lora"})
+        return {"required": req, "optional": {
+            "absorber": (ADAPTER, {"tooltip": "From Train Appearance Absorber: attached and frozen during this run so "
+                                              "the temporal LoRA learns the motion, not the look. Without it the "
+                                              "LoRA also learns the video's appearance."}),
+            "resume_from": (_resume_choices(lowrank.TEMPORAL),)}, "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    DESCRIPTION = ("Customize-A-Video, stage 2: a temporal LoRA (Q/K/V/out of the temporal attention) trained on "
+                   "the reference video with the absorber frozen. Defaults follow MotionDirector's public recipe "
+                   "(rank 32, lr 5e-4), not tuned here. Saved to models/still_moving/temporal/.")
+
+    def train(self, video_model, reference_video, steps, learning_rate, rank, batch, frames, width, height, seed,
+              mixed_precision, gradient_checkpointing, save_every, name, absorber=None, resume_from="none",
+              unique_id=None):
+        s = _settings(steps, learning_rate, rank, batch, frames, seed, mixed_precision, gradient_checkpointing,
+                      save_every)
+        model = video_model
+        if absorber is not None:  # merged: folded into the weights for the run, nothing of it trains
+            model = customize.with_absorber(video_model, absorber)
+        return self._train(lowrank.TEMPORAL, model, reference_video, [], None, s, width, height, name,
+                           resume_from, unique_id)
+

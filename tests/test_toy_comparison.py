@@ -1,0 +1,186 @@
+"""The paper's comparison on the toy world: the full-weights ablation trained by the one loop,
+and the benchmark command's quick setting end to end (a complete, finite table and its files).
+
+Not the paper's claims: those are measured by the benchmark's full setting and reported in
+benchmarks/README.md.
+"""
+import importlib.util
+import json
+import math
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapters import export, inject, loading, random_models, sampling, training
+from adapters.fullweights import FULL, FullDelta
+from adapters.lowrank import MOTION, LowRankAdapter, motion_fingerprint
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def models(tiny_files):
+    base = loading.load_video_model(tiny_files.checkpoint, tiny_files.motion_files["v2"])
+    return base, inject.inject_checkpoint(base, tiny_files.custom_checkpoint)
+
+
+def _clips(n, frames, seed, caption):
+    g = torch.Generator().manual_seed(seed)
+    return [types.SimpleNamespace(latents=torch.randn(4, frames, 4, 4, generator=g), caption=caption)
+            for _ in range(n)]
+
+
+def _noise_pred(model):
+    x = torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    emb = sampling.encode_text(model, ["a sks star"], "cpu").repeat_interleave(4, 0)
+    with model.patched(), torch.no_grad():
+        return model.unet(x, torch.tensor([500]), encoder_hidden_states=emb).sample
+
+
+def test_full_delta_hooks_equal_the_fine_tuned_weights(models):
+    """A zero delta changes nothing; a random one gives the same output through forward hooks
+    (training) and folded into the weights (``apply``), for the convolutions and the linears."""
+    _, custom = models
+    delta = FullDelta.for_model(custom)
+    kinds = {type(m).__name__ for n, m in custom.unet.named_modules() if n in set(delta.targets)}
+    assert {"Conv2d", "Linear"} <= kinds
+    plain = _noise_pred(custom)
+    handles = delta.attach(custom.unet)
+    try:
+        torch.testing.assert_close(_noise_pred(custom), plain, rtol=0, atol=0)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in delta.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+        hooked = _noise_pred(custom)
+    finally:
+        for h in handles:
+            h.remove()
+    assert not torch.allclose(hooked, plain, atol=1e-4)
+    torch.testing.assert_close(_noise_pred(delta.apply(custom)), hooked, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(_noise_pred(custom), plain, rtol=0, atol=0)  # nothing left behind
+
+
+def test_full_weights_kind_trains_with_the_one_loop_and_resumes_exactly(models, tmp_path):
+    base, custom = models
+    motion = LowRankAdapter.for_model(MOTION, base, rank=4)
+    stills = _clips(2, 1, 3, "a sks star")
+    prior = _clips(3, 4, 4, "a red circle moving left")
+    s = training.TrainSettings(steps=4, learning_rate=1e-3, frames=4, seed=2, prior_ratio=0.5)
+    kw = dict(custom_clips=stills, prior_clips=prior, motion_adapter=motion)
+    whole = training.train(custom, FULL, s, tmp_path / "whole.safetensors", **kw)
+    assert isinstance(whole.adapter, FullDelta) and whole.step == 4
+    assert {src for _, _, src in whole.losses} == {"custom", "prior"}
+    assert all(math.isfinite(l) for _, l, _ in whole.losses)
+    assert any(p.abs().max() > 0 for p in whole.adapter.parameters())
+    calls = {"n": 0}
+
+    def stop_after_two():
+        calls["n"] += 1
+        return calls["n"] > 2
+    part = training.train(custom, FULL, s, tmp_path / "part.safetensors", should_stop=stop_after_two, **kw)
+    assert part.cancelled and FullDelta.load(part.path).metadata["step"] == 2
+    resumed = training.train(custom, FULL, s, tmp_path / "unused.safetensors", resume=part.path, **kw)
+    assert resumed.step == 4
+    for a, b in zip(whole.adapter.parameters(), resumed.adapter.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    loaded = FullDelta.load(whole.path)
+    assert loaded.targets == whole.adapter.targets
+    for a, b in zip(whole.adapter.parameters(), loaded.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="Motion Adapter"):
+        training.train(custom, FULL, s, tmp_path / "x.safetensors", custom_clips=stills)
+
+
+# --- the benchmark command --------------------------------------------------------------------
+
+def _bench():
+    path = REPO / "benchmarks" / "bench_toy_comparison.py"
+    spec = importlib.util.spec_from_file_location("bench_toy_comparison", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def write_toy_models(folder, bench):
+    """Random weights in the toy models' file names and layouts (base + a DreamBooth-like
+    customized copy whose UNet differs a little, a v2 motion module, a Motion Adapter file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = random_models.sd15_parts("tiny", seed=20)
+    g = torch.Generator().manual_seed(21)
+    custom_unet = {k: v + 0.05 * v.std().nan_to_num(0) * torch.randn(v.shape, generator=g)
+                   for k, v in parts["unet"].items()}
+    for key, unet in (("base", parts["unet"]), ("custom", custom_unet)):
+        export.write_checkpoint(folder / bench.FILES[key], export.checkpoint_tensors(
+            unet, parts["vae"], parts["clip"], parts["layout"], parts["vae_levels_layers"]))
+    export.write_checkpoint(folder / bench.FILES["motion"],
+                            export.motion_module_tensors(random_models.motion_module_parts("v2", "tiny", seed=22)))
+    vm = loading.load_video_model(folder / bench.FILES["base"], folder / bench.FILES["motion"])
+    ma = LowRankAdapter.for_model(MOTION, vm, rank=4, metadata={"motion_fingerprint": motion_fingerprint(vm)})
+    with torch.no_grad():
+        for p in ma.up.values():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    ma.save(folder / bench.FILES["adapter"])
+    return folder
+
+
+def test_quick_comparison_runs_end_to_end(tmp_path):
+    from PIL import Image
+    bench = _bench()
+    models = write_toy_models(tmp_path / "toy_models", bench)
+    out = bench.run(bench.parse_args(["--quick", "--models", str(models), "--out", str(tmp_path / "cmp")]))
+    report = json.loads((out / "results.json").read_text())
+    assert report["setting"] == "quick" and list(report["results"]) == list(bench.METHODS)
+    for name, r in report["results"].items():
+        assert set(bench.COLUMNS) <= set(r["scores"]), name
+        assert all(math.isfinite(r["scores"][k]) for k in bench.COLUMNS), (name, r["scores"])
+        assert (r["scores"]["train_s"] > 0) == (name in bench.TRAINED)
+    rows = [l for l in (out / "table.md").read_text().splitlines() if l.startswith("| ") and "method" not in l]
+    assert [r.split("|")[1].strip() for r in rows] == list(bench.METHODS)
+    assert all(len(r.strip("|").split("|")) == len(bench.COLUMNS) + 2 for r in rows)
+    assert sorted(p.stem for p in (out / "adapters").glob("*.safetensors")) == sorted(bench.TRAINED)
+    # each trained row is the variant it names
+    from adapters.files import read_metadata
+    meta = {n: read_metadata(out / "adapters" / f"{n}.safetensors") for n in bench.TRAINED}
+    settings = {n: json.loads(m["settings"]) for n, m in meta.items()}
+    assert {n for n, m in meta.items() if m["kind"] == "full"} == {"full_weights", "interleaved_full"}
+    assert {n for n, st in settings.items() if st["interleaved"]} == {"interleaved", "interleaved_full"}
+    assert {n for n, st in settings.items() if st["prior_ratio"] == 0} == {"no_prior"}
+    sm, no_ma = (LowRankAdapter.load(out / "adapters" / f"{n}.safetensors")
+                 for n in ("still_moving", "no_motion_adapter"))
+    # the Motion Adapter mattered
+    assert any(not torch.equal(a, b) for a, b in zip(sm.parameters(), no_ma.parameters()))
+    grid = Image.open(out / "grid_custom.png")
+    assert grid.size[1] == len(bench.METHODS) * 128
+    with Image.open(out / "grid_custom.gif") as gif:
+        assert gif.n_frames == 8
+    assert Image.open(out / "plot.png").size[0] > 0 and (out / "grid_base.png").is_file()
+    # naive injection changes the videos: the customized model is really in the comparison
+    videos = {n: report["results"][n]["custom_videos"][0] for n in ("base", "naive")}
+    assert videos["base"] != videos["naive"]
+    # the truth row (the world's own clips) is where the scores say it should be
+    truth = report["results"]["truth"]["scores"]
+    assert truth["dir_acc"] == 1 and truth["base_dir_acc"] == 1 and truth["leak"] == 0
+    assert truth["fidelity"] > 0.6 and truth["template"] > 0.85 and truth["colour_acc"] > 0.8
+    assert 17 <= truth["along_px"] <= 25
+
+
+def test_scores_tell_customization_motion_and_colour_apart():
+    """On rendered clips, where the truth is known: the customization's fidelity and template
+    scores separate the 'sks star' from base-world shapes, and a frozen clip has no motion."""
+    bench = _bench()
+    tw = bench.tw
+    refs = [bench._crop_vector(c.frames[0]) for c in tw.custom_stills(6, seed=0)]
+    star = bench.video(None, tw.custom_caption("up"), 1, None, "cpu")
+    circle = bench.video(None, tw.caption("red", "circle", "up"), 1, None, "cpu")
+    s_star, s_circle = bench.score_custom(star, "up", refs), bench.score_custom(circle, "up", refs)
+    assert s_star["fidelity"] > 0.6 > 0.05 > s_circle["fidelity"]
+    assert s_star["template"] > s_circle["template"] + 0.3
+    assert s_star["went"] == s_circle["went"] == "up"
+    frozen = bench.score_custom(star[:1].expand(8, -1, -1, -1), "up", refs)
+    assert frozen["dir_acc"] == 0 and frozen["along_px"] == 0 and frozen["speed_px"] == 0
+    assert frozen["frame_corr"] == pytest.approx(1.0, abs=1e-5)
+    base = bench.score_base(circle, "red", "up")
+    assert base["colour_acc"] > 0.8 and bench.score_base(circle, "blue", "up")["colour_acc"] < 0.05
