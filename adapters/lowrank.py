@@ -161,18 +161,24 @@ class LowRankAdapter(nn.Module):
                 if conv:
                     return out + s * torch.einsum("bchw,cr,rd->bdhw", src, d, u)
                 return out + s * ((src @ d) @ u)
-            # fused multiply-adds (one pass over the output): at SD1.5 size they cost a
-            # fifth of an einsum / separate add, which dominated the unmerged sampling step
-            if kind in WEIGHT_KINDS:
-                x = args[0]
-                o2 = out.reshape(-1, out.shape[-1])
-                return torch.addmm(o2, x.reshape(-1, x.shape[-1]) @ d, u, alpha=s).view_as(out)
-            if conv:
+            # fused multiply-adds: at SD1.5 size they cost a fifth of an einsum plus a separate
+            # add. Without autograd they write into the layer's fresh output (no new tensor).
+            inplace = out.is_contiguous() and not torch.is_grad_enabled()
+            if conv and kind not in WEIGHT_KINDS:
                 b, c = out.shape[:2]
                 o3 = out.reshape(b, c, -1)
-                return torch.baddbmm(o3, u.T.expand(b, -1, -1), torch.matmul(d.T, o3), alpha=s).view_as(out)
+                low, up_t = torch.matmul(d.T, o3), u.T.expand(b, -1, -1)
+                if inplace:
+                    o3.baddbmm_(up_t, low, alpha=s)
+                    return out
+                return torch.baddbmm(o3, up_t, low, alpha=s).view_as(out)
             o2 = out.reshape(-1, out.shape[-1])
-            return torch.addmm(o2, o2 @ d, u, alpha=s).view_as(out)
+            src = args[0].reshape(-1, args[0].shape[-1]) if kind in WEIGHT_KINDS else o2
+            low = src @ d
+            if inplace:
+                o2.addmm_(low, u, alpha=s)
+                return out
+            return torch.addmm(o2, low, u, alpha=s).view_as(out)
         return hook
 
     # ---- merged: weight patch -------------------------------------------------------------
