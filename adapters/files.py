@@ -137,49 +137,43 @@ def temp_file_beside(path):
     return tmp
 
 
-def save_safetensors(tensors, path, metadata=None, overwrite=False):
-    """Write atomically: a temp file in the same folder, then rename; refuse to clobber."""
-    from safetensors.torch import save_file
+def _write_atomic(path, write, overwrite):
+    """``write(tmp)`` fills a temp file in ``path``'s folder, then it takes ``path``'s name:
+    replacing it with ``overwrite``, else refusing to clobber, even a file that appears meanwhile."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; refusing to overwrite it.")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     tmp = temp_file_beside(path)
     try:
-        mode = os.stat(tmp).st_mode
-        save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.chmod(tmp, mode)  # save_file recreates the file owner-only
+        write(tmp)
         if overwrite:
             os.replace(tmp, path)
         else:
-            # link() fails if the name appeared meanwhile, so a concurrent writer can't be clobbered
-            os.link(tmp, path)
+            os.link(tmp, path)  # fails if the name appeared meanwhile
             os.unlink(tmp)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def save_safetensors(tensors, path, metadata=None, overwrite=False):
+    """Write atomically: a temp file in the same folder, then rename; refuse to clobber."""
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+    def write(tmp):
+        mode = os.stat(tmp).st_mode
+        save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.chmod(tmp, mode)  # save_file recreates the file owner-only
+    return _write_atomic(path, write, overwrite)
 
 
 def write_text(path, text, overwrite=False):
     """A text file (JSON, a report) written like ``save_safetensors``: atomic, no clobbering."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; refusing to overwrite it.")
-    tmp = temp_file_beside(path)
-    try:
+    def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-            os.unlink(tmp)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return _write_atomic(path, write, overwrite)
