@@ -10,24 +10,18 @@ tensor shapes so real and tiny test models go through the same code.
 """
 import contextlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import keys
-from .detect import NORM_GROUPS, SD15_HEADS
+from .detect import NORM_GROUPS, SD15_HEADS, _indices, encoder_layout
 from .errors import ModelFileError
 from .files import read_state_dict
 
 CONTROL = "controlnet"  # VideoModel patch target: read by the sampler, never merged into weights
 FIX = "Put an SD1.5 ControlNet (e.g. control_v11p_sd15_canny.pth / .safetensors) in models/controlnet."
-
-
-def _indices(keys_, pattern):
-    rx = re.compile(pattern)
-    return sorted({int(m.group(1)) for k in keys_ if (m := rx.match(k))})
 
 
 # ---------------------------------------------------------------- what a file is
@@ -75,11 +69,7 @@ def _ldm_layout(sd, path):
         if need not in sd:
             raise ModelFileError(path, f"the ControlNet weights are incomplete (no {need}).",
                                  "The file may be truncated: copy it again.")
-    inputs = _indices(sd, r"input_blocks\.(\d+)\.")
-    down_at = [k for k in inputs if f"input_blocks.{k}.0.op.weight" in sd]
-    levels = len(down_at) + 1
-    layers = down_at[0] - 1 if down_at else len(inputs) - 1
-    attention = tuple(f"input_blocks.{1 + i * (layers + 1)}.1.proj_in.weight" in sd for i in range(levels))
+    levels, layers, attention = encoder_layout(sd)
     hint = _indices(sd, r"input_hint_block\.(\d+)\.")
     if len(hint) < 2 or hint != list(range(0, 2 * len(hint), 2)):
         raise ModelFileError(path, f"unexpected ControlNet hint encoder (convs at {hint}).",

@@ -43,6 +43,17 @@ def classify_checkpoint(sd, path=None):
                              "This slot needs a full SD1.5 single-file checkpoint.")
 
 
+def encoder_layout(sd):
+    """(levels, resnets per level, attention per level) from LDM ``input_blocks`` tensors:
+    the encoder a UNet and a ControlNet share."""
+    inputs = _indices(list(sd), r"input_blocks\.(\d+)\.")
+    down_at = [k for k in inputs if f"input_blocks.{k}.0.op.weight" in sd]
+    levels = len(down_at) + 1
+    layers = down_at[0] - 1 if down_at else len(inputs) - 1
+    attention = tuple(f"input_blocks.{1 + i * (layers + 1)}.1.proj_in.weight" in sd for i in range(levels))
+    return levels, layers, attention
+
+
 def unet_layout(unet_sd, path=None):
     """UNetLayout and diffusers UNet config from LDM UNet tensors (prefix removed)."""
     keys = list(unet_sd)
@@ -58,11 +69,8 @@ def unet_layout(unet_sd, path=None):
                                  "Pick an SD1.5-based checkpoint.")
     if "label_emb.0.0.weight" in unet_sd:
         raise ModelFileError(path, "this is an SDXL UNet; this slot needs SD1.5.", "Pick an SD1.5-based checkpoint.")
-    inputs = _indices(keys, r"input_blocks\.(\d+)\.")
-    down_at = [k for k in inputs if f"input_blocks.{k}.0.op.weight" in unet_sd]
-    levels = len(down_at) + 1
-    layers = down_at[0] - 1 if down_at else len(inputs) - 1
-    channels, attention = [], []
+    levels, layers, attention = encoder_layout(unet_sd)
+    channels = []
     for i in range(levels):
         first = 1 + i * (layers + 1)
         conv = unet_sd.get(f"input_blocks.{first}.0.out_layers.3.weight")
@@ -70,7 +78,6 @@ def unet_layout(unet_sd, path=None):
             raise ModelFileError(path, f"the UNet weights are incomplete (input block {first}).",
                                  "The file may be truncated: copy it again.")
         channels.append(conv.shape[0])
-        attention.append(f"input_blocks.{first}.1.proj_in.weight" in unet_sd)
     proj = next((v for k, v in unet_sd.items() if k.endswith("proj_in.weight")), None)
     depth = len(_indices(keys, r"input_blocks\.1\.1\.transformer_blocks\.(\d+)\.")) or 1
     layout = UNetLayout(levels, layers, tuple(attention))

@@ -14,13 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelFileError
-from .lowrank import FORMAT, _maybe_json, spatial_targets
+from .lowrank import FORMAT, _key, _maybe_json, spatial_targets
 
 FULL = "full"
-
-
-def _key(name):
-    return name.replace(".", "__")
 
 
 class FullDelta(nn.Module):

@@ -98,6 +98,26 @@ class _Mapper:
     def backward(self, key):
         return _map_key(key, self.pairs, self.sub_maps, reverse=True)
 
+    def to_diffusers(self, sd):
+        """Renames (popping from ``sd``) every tensor it knows; returns (renamed, unknown keys)."""
+        out, unknown = {}, []
+        for k in list(sd):
+            new = self.forward(k)
+            if new is None:
+                unknown.append(k)
+            else:
+                out[new] = sd.pop(k)
+        return out, unknown
+
+    def to_ldm(self, sd, what):
+        out = {}
+        for k, v in sd.items():
+            new = self.backward(k)
+            if new is None:
+                raise KeyError(f"no LDM name for {what} tensor {k}")
+            out[new] = v
+        return out
+
 
 def unet_mapper(layout):
     return _Mapper(_unet_module_pairs(layout), {"resnet": _RESNET})
@@ -105,26 +125,11 @@ def unet_mapper(layout):
 
 def unet_ldm_to_diffusers(sd, layout):
     """LDM UNet tensors (prefix already removed) -> diffusers names. Unknown keys are returned apart."""
-    m = unet_mapper(layout)
-    out, unknown = {}, []
-    for k in list(sd):
-        new = m.forward(k)
-        if new is None:
-            unknown.append(k)
-        else:
-            out[new] = sd.pop(k)
-    return out, unknown
+    return unet_mapper(layout).to_diffusers(sd)
 
 
 def unet_diffusers_to_ldm(sd, layout):
-    m = unet_mapper(layout)
-    out = {}
-    for k, v in sd.items():
-        new = m.backward(k)
-        if new is None:
-            raise KeyError(f"no LDM name for UNet tensor {k}")
-        out[new] = v
-    return out
+    return unet_mapper(layout).to_ldm(sd, "UNet")
 
 
 # ---------------------------------------------------------------- VAE
@@ -323,23 +328,8 @@ def controlnet_mapper(layout, hint_blocks):
 def controlnet_ldm_to_diffusers(sd, layout, hint_blocks):
     """LDM ControlNet tensors (``control_model.`` removed) -> diffusers ``ControlNetModel`` names.
     Unknown keys are returned apart."""
-    m = controlnet_mapper(layout, hint_blocks)
-    out, unknown = {}, []
-    for k in list(sd):
-        new = m.forward(k)
-        if new is None:
-            unknown.append(k)
-        else:
-            out[new] = sd.pop(k)
-    return out, unknown
+    return controlnet_mapper(layout, hint_blocks).to_diffusers(sd)
 
 
 def controlnet_diffusers_to_ldm(sd, layout, hint_blocks):
-    m = controlnet_mapper(layout, hint_blocks)
-    out = {}
-    for k, v in sd.items():
-        new = m.backward(k)
-        if new is None:
-            raise KeyError(f"no LDM name for ControlNet tensor {k}")
-        out[new] = v
-    return out
+    return controlnet_mapper(layout, hint_blocks).to_ldm(sd, "ControlNet")
