@@ -64,7 +64,8 @@ class LoraPatch:
 class AdapterPatch:
     """A Motion Adapter (scale = α) or Spatial Adapters (scale = strength) on the video UNet.
 
-    Merged: folded into the weights while sampling (zero cost). Unmerged: forward hooks.
+    Merged: folded into the weights while sampling (zero cost). Unmerged: ``adapter.attach``
+    (the weights stay as they are; see ``lowrank._WeightSideForward``).
     """
     adapter: object  # adapters.lowrank.LowRankAdapter
     scale: float = 1.0

@@ -9,7 +9,9 @@ factors are added as an ``AdapterPatch``:
 * none:     the injected model alone (the reference);
 * merged:   ``AdapterPatch(adapter, 1.0, merged=True)``: folded into the weights when
             ``model.patched()`` is entered (goal: per step <= 1.00x none);
-* unmerged: ``AdapterPatch(adapter, 1.0, merged=False)``: forward hooks (goal <= 1.05x none).
+* unmerged: ``AdapterPatch(adapter, 1.0, merged=False)``: ``adapter.attach`` (weights untouched; each
+            layer call folds the adapter into a temporary weight or projects the output,
+            whichever moves less data) (goal <= 1.05x none).
 
 All three run ``adapters.sampling.sample`` with the same embeddings, noise, Euler sampler, steps
 and CFG. Time per step = the median interval between step callbacks (from the 2nd step on: the

@@ -75,6 +75,52 @@ def test_spatial_merged_equals_unmerged(models):
     torch.testing.assert_close(merged, hooked, rtol=1e-3, atol=1e-3)  # float32 order of operations, after CFG
 
 
+@pytest.mark.parametrize("kind", [SPATIAL, MOTION])
+def test_unmerged_folds_into_the_weight_only_for_large_outputs_without_autograd(kind, monkeypatch):
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleDict({"lin": torch.nn.Linear(6, 5), "conv": torch.nn.Conv2d(3, 4, 3, padding=1)})
+    if kind == MOTION:  # a weight update: on linears only (the temporal Q/K/V)
+        del layers["conv"]
+    shapes = {"lin": (6, 5) if kind == MOTION else (5, 5), "conv": (4, 4)}
+    adapter = _randomize(LowRankAdapter(kind, {n: shapes[n] for n in layers}, rank=2), std=0.5)
+    before = {k: v.clone() for k, v in layers.state_dict().items()}
+
+    def expected(name, x):
+        d, u = (t.detach() for t in adapter.factors(name))
+        layer = layers[name]
+        if kind == MOTION:
+            return torch.nn.functional.linear(x, layer.weight + 0.7 * (d @ u).T, layer.bias)
+        y = layer._conv_forward(x, layer.weight, layer.bias) if name == "conv" else torch.nn.functional.linear(
+            x, layer.weight, layer.bias)
+        proj = torch.eye(d.shape[0]) + 0.7 * d @ u
+        return torch.einsum("bchw,cd->bdhw", y, proj) if name == "conv" else y @ proj
+
+    folded = []
+    real = adapter.effective_parameters
+    monkeypatch.setattr(adapter, "effective_parameters", lambda *a: folded.append(a[0]) or real(*a))
+    handles = adapter.attach(layers, 0.7)
+    assert all("forward" in layers[n].__dict__ for n in layers) and not any(m._forward_hooks for m in layers.values())
+    inputs = {"lin": (torch.randn(40, 6), torch.randn(3, 6)),             # rows 40 > fan-in 6; 3 <= 6
+              "conv": (torch.randn(2, 3, 5, 5), torch.randn(1, 3, 2, 2))}  # rows 50 > 27; 4 <= 27
+    for name in layers:
+        large, small = inputs[name]
+        with torch.no_grad():
+            torch.testing.assert_close(layers[name](large), expected(name, large), rtol=1e-5, atol=1e-5)
+            assert folded == [name]
+            torch.testing.assert_close(layers[name](small), expected(name, small), rtol=1e-5, atol=1e-5)
+            assert folded == [name]
+        out = layers[name](large)                                          # autograd: the output projection
+        torch.testing.assert_close(out, expected(name, large), rtol=1e-5, atol=1e-5)
+        assert folded == [name]
+        out.sum().backward()
+        assert adapter.factors(name)[1].grad is not None and adapter.factors(name)[1].grad.abs().sum() > 0
+        folded.clear()
+    for h in handles:
+        h.remove()
+    assert not any("forward" in m.__dict__ for m in layers.values())
+    assert all(torch.equal(before[k], v) for k, v in layers.state_dict().items())
+
+
 def test_motion_merged_equals_unmerged_and_zero_scale_is_identity(models):
     base, _ = models
     mo = _randomize(LowRankAdapter.for_model(MOTION, base, rank=4), std=0.2)
@@ -92,6 +138,9 @@ def test_patches_are_undone(models):
     after = custom.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not custom.unet._forward_hooks and all(not m._forward_hooks for m in custom.unet.modules())
+    _video(custom.with_patch(AdapterPatch(sp, 1.0, False)))
+    assert all(torch.equal(before[k], v) for k, v in custom.unet.state_dict().items())
+    assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in custom.unet.modules())
 
 
 def test_file_round_trip_and_refusals(models, tiny_files, tmp_path):
