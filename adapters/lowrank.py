@@ -157,9 +157,7 @@ class LowRankAdapter(nn.Module):
         kind = self.kind
 
         def hook(module, args, out):
-            s = scale() if callable(scale) else scale
-            if isinstance(s, torch.Tensor) and not s.requires_grad and s.ndim == 0:
-                s = float(s)
+            s = _scale_now(scale)
             if isinstance(s, (int, float)) and s == 0:
                 return out
             d, u = down.to(out.dtype), up.to(out.dtype)
@@ -298,9 +296,7 @@ class _WeightSideForward:
         own = type(module).forward
 
         def forward(x, *args, **kwargs):
-            s = scale() if callable(scale) else scale
-            if isinstance(s, torch.Tensor) and not s.requires_grad and s.ndim == 0:
-                s = float(s)
+            s = _scale_now(scale)
             if (torch.is_grad_enabled() or not isinstance(s, (int, float)) or args or kwargs
                     or _rows(module, x, conv) <= fan_in):
                 return hook(module, (x,), own(module, x, *args, **kwargs))
@@ -313,6 +309,14 @@ class _WeightSideForward:
 
     def remove(self):
         self.module.__dict__.pop("forward", None)
+
+
+def _scale_now(scale):
+    """The scale for this call: a float, or a tensor when it needs gradients."""
+    s = scale() if callable(scale) else scale
+    if isinstance(s, torch.Tensor) and not s.requires_grad and s.ndim == 0:
+        s = float(s)
+    return s
 
 
 def _rows(module, x, conv):
