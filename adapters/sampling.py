@@ -11,7 +11,7 @@ import torch
 
 from .controlnet import control_context
 from .schedule import scheduled_patching
-from .video_model import T2I, TEXT
+from .video_model import TEXT
 
 SCHEDULERS = ("euler", "euler_ancestral", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "lcm")
 BETA_SCHEDULES = ("linear", "scaled_linear")  # AnimateDiff was trained with "linear"
@@ -168,6 +168,13 @@ def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="eu
             if callback is not None:
                 callback(i + 1, total, x)
     return x.cpu()
+
+
+def text_to_video(model, prompt, negative_prompt="", *, device="cpu", **sample_kw):
+    """A prompt's video as frames (F, H, W, 3) in [0, 1]: ``encode_text`` + ``sample`` + ``decode``."""
+    cond = encode_text(model, [prompt], device)
+    uncond = encode_text(model, [negative_prompt], device)
+    return decode(model, sample(model, cond, uncond, device=device, **sample_kw))
 
 
 def decode(model, latents, chunk=8):

@@ -93,11 +93,8 @@ def log(*a):
 # --- generating --------------------------------------------------------------------------------
 
 def generate(model, prompt, seed, steps, cfg, frames=tw.FRAMES, device="cpu"):
-    cond = sampling.encode_text(model, [prompt], device)
-    uncond = sampling.encode_text(model, [""], device)
-    lat = sampling.sample(model, cond, uncond, seed=seed, steps=steps, cfg=cfg, width=tw.SIZE, height=tw.SIZE,
-                          frames=frames, device=device)
-    return sampling.decode(model, lat)
+    return sampling.text_to_video(model, prompt, seed=seed, steps=steps, cfg=cfg, width=tw.SIZE, height=tw.SIZE,
+                                  frames=frames, device=device)
 
 
 def video(model, prompt, seed, s, device):

@@ -13,11 +13,18 @@ def adapter_files(kind):
     return files or ["(none)"]
 
 
-def _load(kind, name, adapter):
+FROM_INPUT = "(adapter input)"   # a file choice that stands for the linked 'adapter' input
+
+
+def load_adapter(kind, name, adapter):
+    """The adapter from the graph if linked (checked to be of ``kind``), else the chosen file."""
     if adapter is not None:
         if adapter.kind != kind:
             raise ValueError(f"this input needs a {kind} adapter, got a {adapter.kind} adapter.")
         return adapter, "(from the graph)"
+    if name in (FROM_INPUT, "(none)"):
+        raise ValueError(f"no {kind} adapter: link the 'adapter' input or pick a file from "
+                         f"models/still_moving/{kind}/.")
     path = paths.full_path("still_moving", name)
     return lowrank.LowRankAdapter.load(path, kind), path
 
@@ -38,7 +45,7 @@ class AttachMotionAdapter:
     CATEGORY = CATEGORY
 
     def attach(self, video_model, adapter_name, motion_scale, adapter=None):
-        adapter, path = _load(lowrank.MOTION, adapter_name, adapter)
+        adapter, path = load_adapter(lowrank.MOTION, adapter_name, adapter)
         adapter.check(video_model, path)
         return (video_model.with_patch(AdapterPatch(adapter, motion_scale, True, str(path))),)
 
@@ -60,7 +67,7 @@ class AttachSpatialAdapters:
     CATEGORY = CATEGORY
 
     def attach(self, video_model, adapter_name, strength, merge, adapter=None):
-        adapter, path = _load(lowrank.SPATIAL, adapter_name, adapter)
+        adapter, path = load_adapter(lowrank.SPATIAL, adapter_name, adapter)
         adapter.check(video_model, path)
         return (video_model.with_patch(AdapterPatch(adapter, strength, merge, str(path))),)
 

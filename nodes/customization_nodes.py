@@ -1,27 +1,14 @@
 """CustomCrafter and Customize-A-Video nodes: thin glue over ``adapters.customize``."""
 from ..adapters import customize, lowrank, schedule, training
-from . import paths
-from .adapter_nodes import ADAPTER, adapter_files
+from .adapter_nodes import ADAPTER, FROM_INPUT, adapter_files, load_adapter
 from .training_nodes import CLIPS, _resume_choices, _settings_inputs, _Trainer
 from .video_model_nodes import CATEGORY, VIDEO_MODEL
 
 WEIGHT_SCHEDULE = "SM_WEIGHT_SCHEDULE"
-FROM_INPUT = "(adapter input)"
 
 
 def _choices(kind):
     return [FROM_INPUT] + [f for f in adapter_files(kind) if f != "(none)"]
-
-
-def _adapter(kind, name, adapter):
-    """The adapter from the graph if linked, else the chosen file (checked to be of ``kind``)."""
-    if adapter is not None:
-        return adapter, ""
-    if name == FROM_INPUT:
-        raise ValueError(f"no {kind} adapter: link the 'adapter' input or pick a file from "
-                         f"models/still_moving/{kind}/.")
-    path = paths.full_path("still_moving", name)
-    return lowrank.LowRankAdapter.load(path, kind), path
 
 
 class WeightScheduleNode:
@@ -60,7 +47,7 @@ class _Attach:
     CATEGORY = CATEGORY
 
     def attach(self, video_model, adapter_name, strength, merge, adapter=None):
-        adapter, path = _adapter(self.KIND, adapter_name, adapter)
+        adapter, path = load_adapter(self.KIND, adapter_name, adapter)
         return (customize.attach(video_model, adapter, strength, merge, kind=self.KIND, source=str(path)),)
 
 

@@ -101,9 +101,7 @@ def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.
     naive = inject.inject_checkpoint(base, embedded / FILES["custom"])
 
     def generate(vm, prompt, seed, n=frames):
-        cond, uncond = sampling.encode_text(vm, [prompt], "cpu"), sampling.encode_text(vm, [""], "cpu")
-        lat = sampling.sample(vm, cond, uncond, seed=seed, steps=steps, cfg=cfg, width=size, height=size, frames=n)
-        return sampling.decode(vm, lat)
+        return sampling.text_to_video(vm, prompt, seed=seed, steps=steps, cfg=cfg, width=size, height=size, frames=n)
 
     log(f"toy demo: sampling {n_stills} stills of '{tw.CUSTOM_CLASS_CAPTION}' from the customized T2I")
     with temporal_layers_off(naive.unet):

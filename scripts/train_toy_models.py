@@ -368,11 +368,8 @@ def write_custom(work, out):
 
 def generate(vm, prompt, seed, steps=20, cfg=4.0, frames=tw.FRAMES):
     from adapters import sampling
-    cond = sampling.encode_text(vm, [prompt], "cpu")
-    uncond = sampling.encode_text(vm, [""], "cpu")
-    lat = sampling.sample(vm, cond, uncond, seed=seed, steps=steps, cfg=cfg, width=tw.SIZE, height=tw.SIZE,
-                          frames=frames)
-    return sampling.decode(vm, lat)
+    return sampling.text_to_video(vm, prompt, seed=seed, steps=steps, cfg=cfg, width=tw.SIZE, height=tw.SIZE,
+                                  frames=frames)
 
 
 def directional_motion(frames, motion):

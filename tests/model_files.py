@@ -96,3 +96,12 @@ def write_driving_video(path, frames=10, width=96, height=64):
 @pytest.fixture(scope="session")
 def comfy_files(tmp_path_factory):
     return ComfyFiles(tmp_path_factory.mktemp("comfy_models"))
+
+
+def randomize_up(adapter, seed=0, std=0.05):
+    """Non-zero A_up factors (fresh adapters are the identity), seeded."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.up.values():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return adapter

@@ -9,6 +9,7 @@ from adapters import inject, loading, lowrank, sampling, training
 from adapters.errors import ModelFileError
 from adapters.lowrank import MOTION, SPATIAL, LowRankAdapter
 from adapters.video_model import AdapterPatch
+from model_files import randomize_up as _randomize
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +26,6 @@ def _embeds(model):
 def _video(model, **kw):
     c, u = _embeds(model)
     return sampling.sample(model, c, u, seed=2, steps=2, cfg=5, width=32, height=32, frames=4, **kw)
-
-
-def _randomize(adapter, seed=0, std=0.05):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in adapter.up.values():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return adapter
 
 
 def test_motion_targets_are_temporal_qkv(models):

@@ -9,6 +9,7 @@ from adapters import customize, inject, loading, lowrank, sampling, schedule, tr
 from adapters.lowrank import ABSORBER, MOTION, SPATIAL, SUBJECT, TEMPORAL, LowRankAdapter
 from adapters.schedule import WeightSchedule
 from adapters.video_model import T2I, AdapterPatch, VideoModel
+from model_files import randomize_up as _randomize
 
 
 @pytest.fixture(scope="module")
@@ -16,14 +17,6 @@ def models(tiny_files):
     base = loading.load_video_model(tiny_files.checkpoint, tiny_files.motion_files["v2"])
     custom = inject.inject_checkpoint(base, tiny_files.custom_checkpoint)
     return base, custom
-
-
-def _randomize(adapter, seed=0, std=0.05):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in adapter.up.values():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return adapter
 
 
 def _video(model, steps=2, **kw):
