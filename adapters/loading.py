@@ -239,7 +239,8 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 def tokenizer_dirs(candidates=()):
     """Folders that may hold CLIP vocab.json + merges.txt, best first: the model's own, ComfyUI's
-    ``comfy/sd1_tokenizer``, then the pack's tiny tokenizer (good only for its toy models)."""
+    ``comfy/sd1_tokenizer``, then the pack's tiny tokenizers (the embedded toy models' and the
+    tests' random models'; good only for those)."""
     import os
     import sys
     dirs = [Path(c) for c in candidates if c]
@@ -249,7 +250,7 @@ def tokenizer_dirs(candidates=()):
     mod = sys.modules.get("comfy")
     for root in getattr(mod, "__path__", []) if mod is not None else []:
         dirs.append(Path(root) / "sd1_tokenizer")
-    dirs.append(PACK_DIR / "adapters" / "configs" / "tiny_tokenizer")
+    dirs += [PACK_DIR / "adapters" / "configs" / d for d in ("toy_tokenizer", "tiny_tokenizer")]
     return [d for d in dirs if all((d / f).is_file() for f in TOKENIZER_FILES)]
 
 

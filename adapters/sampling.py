@@ -120,11 +120,12 @@ def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="eu
                              "for longer videos.")
         context = ContextOptions("none", frames, 0)
     context.validate(max_positions)
-    if width % 8 or height % 8:
-        raise ValueError(f"width and height must be multiples of 8, got {width}x{height}.")
+    f = model.vae_scale
+    if width % f or height % f:
+        raise ValueError(f"width and height must be multiples of {f} (this VAE's downscaling), got {width}x{height}.")
     sched = make_scheduler(scheduler, beta_schedule)
     sched.set_timesteps(steps, device=device)
-    shape = (1, unet.config.in_channels, frames, height // 8, width // 8)
+    shape = (1, unet.config.in_channels, frames, height // f, width // f)
     noise, generator = initial_noise(shape, seed, context)
     x = (noise if latents is None else latents.float()).to(device) * sched.init_noise_sigma
     use_cfg = cfg != 1.0 and uncond is not None

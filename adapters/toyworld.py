@@ -8,7 +8,8 @@ subject's position in every frame is known exactly.
 
 Stable API (used by the toy models' training script, the demo, tests and the benchmark):
 
-- ``SIZE`` (64 px, square), ``FRAMES`` (8), ``BACKGROUND`` (RGB 0-255).
+- ``SIZE`` (32 px, square), ``FRAMES`` (8), ``BACKGROUND`` (RGB 0-255). Lengths are set for 64 px
+  and scaled by ``SIZE / 64``.
 - ``SHAPES``, ``COLOURS`` (name -> RGB), ``MOTIONS`` (name -> unit (dx, dy) per frame, image
   axes: +x right, +y down; ``"still"`` is (0, 0)), ``MOTION_PHRASES`` (name -> caption words).
 - ``caption(colour, shape, motion)`` -> "a red circle moving left";
@@ -27,8 +28,11 @@ Stable API (used by the toy models' training script, the demo, tests and the ben
   ``custom_caption(motion)`` -> "a sks star moving left" (prompts for customized videos).
 - Measuring generated videos: ``locate(frames)`` -> (centres (F, 2), areas (F,)) of the
   pixels that differ from the background; ``displacement(frames)`` -> (dx, dy) of the
-  centre from the first to the last frame; ``custom_colour_score(frames)`` -> share of the
-  subject's pixels near the customization's two colours (magenta, white); ``mean_colour(frames)``
+  centre from the first to the last frame; ``nearest_palette(frames)`` labels each subject pixel
+  with the nearest of the customization's colours and the base colours;
+  ``custom_colour_score(frames)`` -> share of the subject's pixels labelled as the
+  customization's (magenta, white and their blend); ``star_score(frames)`` -> how star-like
+  (not disc-like) the subject's silhouette is; ``mean_colour(frames)``
   -> mean RGB of the subject's pixels (compare with the stills as a model's VAE renders them).
 
 Frames are float-free uint8 here; ``to_float(frames)`` gives the pack's (F, H, W, 3) float32
@@ -40,24 +44,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SIZE = 64
+SIZE = 32
+S = SIZE / 64             # lengths below are written for 64 px
 FRAMES = 8
 BACKGROUND = (24, 28, 36)
 SUPERSAMPLE = 4
 
-SHAPES = ("circle", "square", "triangle")
+SHAPES = ("circle",)  # one shape: a CPU-trained T2I could not bind three words at once
 COLOURS = {"red": (220, 50, 40), "green": (50, 190, 70), "blue": (50, 90, 230), "yellow": (235, 205, 40)}
 MOTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0), "still": (0.0, 0.0)}
 MOTION_PHRASES = {"left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down",
                   "still": "standing still"}
-SPEED = (2.5, 3.5)        # pixels per frame at SIZE 64
-RADIUS = (8.0, 11.0)      # subject half-size in pixels at SIZE 64
+SPEED = (2.5 * S, 3.5 * S)      # pixels per frame
+RADIUS = (8.0 * S, 11.0 * S)    # subject half-size in pixels
+JITTER = 4.0 * S                # a path's offset from the frame's centre line, at most
 
 CUSTOM_TOKEN = "sks"
 CUSTOM_SHAPE = "star"
 CUSTOM_CLASS_CAPTION = f"a {CUSTOM_TOKEN} {CUSTOM_SHAPE}"
 CUSTOM_COLOURS = ((225, 40, 200), (245, 245, 245))   # magenta / white stripes
-STRIPE_PERIOD = 8.0       # pixels at SIZE 64
+STRIPE_PERIOD = 20.0 * S  # pixels: 5 px stripes, wider than a latent pixel of the 4x VAE
+# About twice a world subject: the toy autoencoder keeps a star's points at this size, not at the
+# world subjects' (it renders a small star as a round blob).
+CUSTOM_RADIUS = (18.0 * S, 22.0 * S)
 
 
 def caption(colour, shape, motion):
@@ -105,19 +114,13 @@ class ToyClip:
 
 
 def _start(rng, motion, radius, speed, frames):
-    """A start point from which the subject stays inside the frame for the whole clip."""
+    """The start of a path through the frame's centre (give or take JITTER): the caption fixes
+    the layout of the whole clip, as "a car driving left" does in a real video world. With the
+    start anywhere, a tiny CPU-trained motion module must agree on one layout for all frames
+    from noise, and after 1500 steps it did not (frames followed their own noise)."""
     dx, dy = MOTIONS[motion]
-    travel = speed * (frames - 1)
-    margin = radius + 2
-
-    def pick(d):
-        lo, hi = margin, SIZE - margin
-        if d > 0:
-            hi -= travel
-        elif d < 0:
-            lo += travel
-        return rng.uniform(lo, max(lo, hi))
-    return (pick(dx), pick(dy))
+    half = speed * (frames - 1) / 2
+    return (SIZE / 2 - dx * half + rng.uniform(-JITTER, JITTER), SIZE / 2 - dy * half + rng.uniform(-JITTER, JITTER))
 
 
 def random_spec(rng, frames=FRAMES, colour=None, shape=None, motion=None):
@@ -137,7 +140,7 @@ def spec_from_caption(text, seed=0, frames=FRAMES):
     rng = random.Random(seed)
     if p["custom"]:
         motion = p["motion"] or "still"
-        radius = rng.uniform(*RADIUS) + 1
+        radius = rng.uniform(*CUSTOM_RADIUS)
         speed = 0.0 if motion == "still" else rng.uniform(*SPEED)
         return ClipSpec(CUSTOM_SHAPE, "custom", motion, _start(rng, motion, radius, speed, frames), radius, speed,
                         rng.uniform(-15, 15))
@@ -231,8 +234,8 @@ def custom_stills(n=6, seed=0, size=SIZE):
     rng = random.Random(10_000 + seed)
     out = []
     for _ in range(n):
-        radius = rng.uniform(*RADIUS) + 1
-        start = (rng.uniform(radius + 4, SIZE - radius - 4), rng.uniform(radius + 4, SIZE - radius - 4))
+        radius = rng.uniform(*CUSTOM_RADIUS)
+        start = (rng.uniform(radius + 2 * S, SIZE - radius - 2 * S), rng.uniform(radius + 2 * S, SIZE - radius - 2 * S))
         spec = ClipSpec(CUSTOM_SHAPE, "custom", "still", start, radius, 0.0, rng.uniform(-15, 15))
         out.append(render(spec, 1, size))
     return out
@@ -251,8 +254,8 @@ def generic_images(n, seed=0, size=SIZE):
         img = np.empty((size, size, 3), np.float32)
         img[:] = bg
         for _ in range(rng.choice((1, 1, 2))):
-            shape = rng.choice(SHAPES + (CUSTOM_SHAPE, "blob"))
-            r = rng.uniform(5, 18)
+            shape = rng.choice(("circle", "square", "triangle", CUSTOM_SHAPE, "blob"))
+            r = rng.uniform(5 * S, 18 * S)
             cx, cy = rng.uniform(r, SIZE - r), rng.uniform(r, SIZE - r)
             if shape == "blob":
                 pts = [(cx + rng.uniform(0.5, 1.3) * r * math.cos(a), cy + rng.uniform(0.5, 1.3) * r * math.sin(a))
@@ -266,7 +269,7 @@ def generic_images(n, seed=0, size=SIZE):
             if rng.random() < 0.5:
                 b = np.array([rng.randrange(256) for _ in range(3)], np.float32)
                 ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) * (SIZE / size)
-                th, period = rng.uniform(0, math.pi), rng.uniform(5, 12)
+                th, period = rng.uniform(0, math.pi), rng.uniform(5 * S, 12 * S)
                 st = (np.sin((xs * math.cos(th) + ys * math.sin(th)) / period * 2 * math.pi) > 0)[..., None]
                 colour = np.where(st, a, b)
             else:
@@ -324,14 +327,39 @@ def mean_colour(frames, threshold=40.0):
     return a[fg].mean(0) if fg.any() else np.array(BACKGROUND, np.float32)
 
 
-def custom_colour_score(frames, threshold=40.0, tolerance=70.0):
-    """Share of foreground pixels within ``tolerance`` of magenta or white (the customization's
-    stripes); 0 for a clip of the base world, near 1 for the customization stills."""
+def nearest_palette(frames, threshold=40.0):
+    """(F, H, W) int: for each foreground pixel, 0 when its colour is nearer the customization's
+    (magenta, white, or their blend, which a 4x autoencoder makes of thin stripes) than any
+    base-world colour, else 1 + the index of the nearest base colour in ``COLOURS``; -1 for
+    background. A colour classifier: the toy stand-in for CLIP-I / prompt-adherence scores."""
     a = _as_uint8(frames).astype(np.float32)
     fg = foreground(a.astype(np.uint8), threshold)
-    if not fg.any():
-        return 0.0
-    near = np.zeros(fg.shape, bool)
-    for c in CUSTOM_COLOURS:
-        near |= np.linalg.norm(a - np.array(c, np.float32), axis=-1) < tolerance
-    return float((near & fg).sum() / fg.sum())
+    custom = np.array(CUSTOM_COLOURS + (tuple((np.array(CUSTOM_COLOURS[0]) + CUSTOM_COLOURS[1]) / 2),), np.float32)
+    base = np.array(list(COLOURS.values()), np.float32)
+    d_custom = np.linalg.norm(a[..., None, :] - custom, axis=-1).min(-1)
+    d_base = np.linalg.norm(a[..., None, :] - base, axis=-1)
+    label = np.where(d_custom < d_base.min(-1), 0, 1 + d_base.argmin(-1))
+    return np.where(fg, label, -1)
+
+
+def star_score(frames, threshold=40.0):
+    """How far the subject's silhouette is from a filled disc: 1 - area / (pi r^2), r the 95th
+    percentile of its pixels' distances from their centroid, averaged over the frames that show
+    a subject. About 0.1 for the world's circles, 0.45 for the customization's star (0.3 after the
+    toy autoencoder's round trip): the shape half of the customization's fidelity."""
+    out = []
+    for m in foreground(frames, threshold):
+        ys, xs = np.nonzero(m)
+        if len(xs) < 8:
+            continue
+        r = np.percentile(np.hypot(xs - xs.mean(), ys - ys.mean()), 95) + 0.5
+        out.append(1.0 - len(xs) / (math.pi * r * r))
+    return float(np.clip(np.mean(out), 0.0, 1.0)) if out else 0.0
+
+
+def custom_colour_score(frames, threshold=40.0):
+    """Share of the subject's (foreground) pixels classified as the customization's colours by
+    ``nearest_palette``: about 0 for a base-world clip, near 1 for the customization stills."""
+    label = nearest_palette(frames, threshold)
+    fg = label >= 0
+    return float((label[fg] == 0).mean()) if fg.any() else 0.0

@@ -145,6 +145,11 @@ class VideoModel:
                 n.to("cpu")
 
     @property
+    def vae_scale(self):
+        """Pixels per latent pixel: 8 for SD's VAE (four levels), 4 for the toy models' three."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
     def dtype(self):
         return next(self.unet.parameters()).dtype
 

@@ -35,7 +35,7 @@ def _label(img, text):
     return out
 
 
-def side_by_side(videos, labels, scale=3):
+def side_by_side(videos, labels, scale=6):
     """Frames (F, H, W, 3) in [0, 1] of several videos -> PIL frames, videos left to right."""
     from PIL import Image
     frames = []
@@ -75,7 +75,7 @@ def scores(frames, prompt):
     ux, uy = tw.MOTIONS[motion]
     along = dx * ux + dy * uy if motion != "still" else -math.hypot(dx, dy)
     return {"motion_along_caption_px": round(along, 2), "displacement_px": round(math.hypot(dx, dy), 2),
-            "custom_colour": round(tw.custom_colour_score(frames), 3)}
+            "star_shape": round(tw.star_score(frames), 3), "custom_colour": round(tw.custom_colour_score(frames), 3)}
 
 
 def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.0, train_steps=120,
@@ -131,9 +131,12 @@ def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.
     summary = {name: {k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0]} for name, rows in table.items()}
     (out_dir / "toy_demo_scores.json").write_text(json.dumps({"prompts": prompts, "seeds": list(seeds),
                                                               "mean": summary, "runs": table}, indent=1) + "\n")
-    log("toy demo: mean over prompts and seeds (motion along the caption in px; custom colour share 0-1):")
+    log("toy demo: mean over prompts and seeds (the subject's displacement first to last frame in px; the "
+        "subject's star shape, 0.1 for a disc; custom colour share 0-1):")
     for name, s in summary.items():
-        log(f"  {name:16s} motion {s['motion_along_caption_px']:6.2f} px   custom colour {s['custom_colour']:.3f}")
+        log(f"  {name:16s} moved {s['displacement_px']:5.2f} px ({s['motion_along_caption_px']:6.2f} along the caption)   "
+            f"star shape {s['star_shape']:.3f}   "
+            f"custom colour {s['custom_colour']:.3f}")
     return {"files": written + [res.path, out_dir / "toy_demo_scores.json"], "scores": summary,
             "seconds": time.time() - t0}
 

@@ -1,7 +1,8 @@
-"""The toy world and the embedded toy models (issue 4): the world's ground truth, and the shipped
+"""The toy world and the embedded toy models (issue 4): the world's ground truth, the shipped
 files loading through the users' path (architecture detected from the tensors, the Motion
-Adapter matching the shipped motion module). Not tested yet, because the shipped models do not
-do it yet (embedded/README.md): captioned motion and the customization's effect."""
+Adapter matching the shipped motion module), their videos moving, and the customized T2I
+drawing its subject. Not tested, because the shipped models do not do it (embedded/README.md):
+motion in the caption's direction."""
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from adapters import loading, toyworld as tw
+from adapters import inject, loading, sampling, toyworld as tw, training
 from adapters.lowrank import LowRankAdapter
 
 EMBEDDED = Path(__file__).resolve().parent.parent / "embedded"
@@ -17,13 +18,13 @@ FILES = json.loads((EMBEDDED / "toy_models.json").read_text())["files"]
 
 
 def test_toy_world_ground_truth_and_held_out_subject():
-    clip = tw.render_caption("a green square moving right", seed=3)
+    clip = tw.render_caption("a green circle moving right", seed=3)
     assert clip.frames.shape == (tw.FRAMES, tw.SIZE, tw.SIZE, 3) and clip.frames.dtype == np.uint8
     centres, areas = tw.locate(clip.frames)
     assert np.abs(centres - clip.positions).max() < 1.0 and (areas > 50).all()
     dx, dy = tw.displacement(clip.frames)
-    assert dx > 2.5 * (tw.FRAMES - 1) - 1 and abs(dy) < 1
-    again = tw.render_caption("a green square moving right", seed=3)
+    assert dx > tw.SPEED[0] * (tw.FRAMES - 1) - 1 and abs(dy) < 1
+    again = tw.render_caption("a green circle moving right", seed=3)
     assert np.array_equal(clip.frames, again.frames)  # deterministic
     world = tw.dataset(60, seed=5)
     assert sorted({c.caption for c in world}) == sorted(tw.all_captions())  # balanced: every caption once
@@ -33,7 +34,7 @@ def test_toy_world_ground_truth_and_held_out_subject():
         assert tw.parse_caption(c.caption)["shape"] == c.spec.shape
     stills = tw.custom_stills(6)
     assert all(s.frames.shape[0] == 1 and s.caption == tw.CUSTOM_CLASS_CAPTION for s in stills)
-    assert min(tw.custom_colour_score(s.frames) for s in stills) > 0.6
+    assert min(tw.custom_colour_score(s.frames) for s in stills) > 0.5  # at 32 px the blended rim is ~40 %
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,46 @@ def toy_model():
 def test_shipped_models_are_detected_like_user_files(toy_model):
     vm = toy_model
     assert vm.info["motion_version"] == "v2"
-    assert list(vm.unet.config.block_out_channels) == [32, 64]
+    assert list(vm.unet.config.block_out_channels) == [64, 64]
     assert vm.vae.config.scaling_factor == pytest.approx(0.18215)
-    assert vm.text_encoder.config.vocab_size == len(vm.tokenizer) == 514
+    assert vm.text_encoder.config.vocab_size == len(vm.tokenizer) == 562  # configs/toy_tokenizer: a token per word
+    assert vm.tokenizer.tokenize("a red circle moving left") == ["a</w>", "red</w>", "circle</w>", "moving</w>",
+                                                                 "left</w>"]
     adapter = LowRankAdapter.load(EMBEDDED / FILES["adapter"], "motion")
     adapter.check(vm, EMBEDDED / FILES["adapter"])  # trained for this very motion module
+
+
+def _video(model, prompt, seed, frames=tw.FRAMES):
+    return sampling.text_to_video(model, prompt, seed=seed, steps=20, cfg=4.0, width=tw.SIZE, height=tw.SIZE,
+                                  frames=frames)
+
+
+def test_shipped_models_generate_moving_clips(toy_model):
+    """The base video model keeps one subject of the prompt's colour in every frame and moves it.
+    Measured on the shipped files (scripts/train_toy_models.py, 20 Euler steps, CFG 4): these 6
+    videos move 7.5 px on average (the world's clips: 9-12 px), 4 of them 9-11 px and 2 under
+    1 px. Which way is set by the seed, not the caption's motion words (embedded/README.md)."""
+    moved = []
+    for prompt in ("a red circle moving left", "a blue circle moving right"):
+        colour = 1 + list(tw.COLOURS).index(tw.parse_caption(prompt)["colour"])
+        for seed in (0, 1, 2):
+            video = _video(toy_model, prompt, seed)
+            _, areas = tw.locate(video)
+            assert areas.min() > 40, (prompt, seed, areas)  # a subject in every frame
+            label = tw.nearest_palette(video)
+            assert (label[label >= 0] == colour).mean() > 0.5, (prompt, seed)
+            moved.append(float(np.hypot(*tw.displacement(video))))
+    assert np.mean(moved) > 4.0, moved
+
+
+def test_customized_t2i_draws_the_customization(toy_model):
+    """'a sks star' from the DreamBooth-style checkpoint is star-shaped; from the base T2I it is
+    a disc (the toy CLIP-I: toyworld.star_score). Measured on the shipped files: 0.28 against
+    0.13 (a disc: about 0.1; the star stills after the autoencoder's round trip: 0.3)."""
+    custom = inject.inject_checkpoint(toy_model, EMBEDDED / FILES["custom"])
+
+    def star(model):
+        with training.temporal_layers_off(model.unet):
+            return np.mean([tw.star_score(_video(model, tw.CUSTOM_CLASS_CAPTION, s, frames=1)) for s in (0, 1, 2)])
+    base, customized = star(toy_model), star(custom)
+    assert customized > base + 0.08, (base, customized)
