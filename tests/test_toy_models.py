@@ -48,6 +48,7 @@ def test_shipped_models_are_detected_like_user_files(toy_model):
     assert vm.info["motion_version"] == "v2"
     assert list(vm.unet.config.block_out_channels) == [64, 64]
     assert vm.vae.config.scaling_factor == pytest.approx(0.18215)
+    assert vm.vae_scale == 4  # 3 levels: 32 px frames, 8x8 latents
     assert vm.text_encoder.config.vocab_size == len(vm.tokenizer) == 562  # configs/toy_tokenizer: a token per word
     assert vm.tokenizer.tokenize("a red circle moving left") == ["a</w>", "red</w>", "circle</w>", "moving</w>",
                                                                  "left</w>"]
