@@ -28,7 +28,8 @@ Stable API (used by the toy models' training script, the demo, tests and the ben
   ``custom_caption(motion)`` -> "a sks star moving left" (prompts for customized videos).
 - Measuring generated videos: ``locate(frames)`` -> (centres (F, 2), areas (F,)) of the
   pixels that differ from the background; ``displacement(frames)`` -> (dx, dy) of the
-  centre from the first to the last frame; ``nearest_palette(frames)`` labels each subject pixel
+  centre from the first to the last frame; ``motion_along(frames, motion)`` -> that displacement
+  along a caption's direction; ``nearest_palette(frames)`` labels each subject pixel
   with the nearest of the customization's colours and the base colours;
   ``custom_colour_score(frames)`` -> share of the subject's pixels labelled as the
   customization's (magenta, white and their blend); ``star_score(frames)`` -> how star-like
@@ -316,6 +317,14 @@ def displacement(frames, threshold=40.0):
     """(dx, dy) of the subject's centre from the first to the last frame, in pixels."""
     c, _ = locate(frames, threshold)
     return float(c[-1, 0] - c[0, 0]), float(c[-1, 1] - c[0, 1])
+
+
+def motion_along(frames, motion, threshold=40.0):
+    """Displacement (px) of the subject along a caption's direction, first to last frame; for
+    ``"still"``, minus the distance it moved (0 is best)."""
+    dx, dy = displacement(frames, threshold)
+    ux, uy = MOTIONS[motion]
+    return dx * ux + dy * uy if motion != "still" else -math.hypot(dx, dy)
 
 
 def mean_colour(frames, threshold=40.0):

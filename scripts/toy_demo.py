@@ -71,10 +71,8 @@ def save_animation(frames, path, fps=6):
 def scores(frames, prompt):
     from adapters import toyworld as tw
     motion = tw.parse_caption(prompt)["motion"] or "still"
-    dx, dy = tw.displacement(frames)
-    ux, uy = tw.MOTIONS[motion]
-    along = dx * ux + dy * uy if motion != "still" else -math.hypot(dx, dy)
-    return {"motion_along_caption_px": round(along, 2), "displacement_px": round(math.hypot(dx, dy), 2),
+    return {"motion_along_caption_px": round(tw.motion_along(frames, motion), 2),
+            "displacement_px": round(math.hypot(*tw.displacement(frames)), 2),
             "star_shape": round(tw.star_score(frames), 3), "custom_colour": round(tw.custom_colour_score(frames), 3)}
 
 

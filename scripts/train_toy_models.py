@@ -488,13 +488,6 @@ def generate(vm, prompt, seed, steps=20, cfg=4.0, frames=tw.FRAMES):
                                   frames=frames)
 
 
-def directional_motion(frames, motion):
-    """Displacement (px) of the subject along the caption's direction, first to last frame."""
-    dx, dy = tw.displacement(frames)
-    ux, uy = tw.MOTIONS[motion]
-    return dx * ux + dy * uy if motion != "still" else -math.hypot(dx, dy)
-
-
 def measure(out, seeds=(0, 1, 2, 3)):
     """The shipped files through the users' path and the pack's sampler: captioned motion of the
     base video model, and the customization's colour in the customized T2I's stills against the
@@ -506,7 +499,7 @@ def measure(out, seeds=(0, 1, 2, 3)):
     for prompt in EVAL_PROMPTS:
         p = tw.parse_caption(prompt)
         videos = [generate(vm, prompt, s) for s in seeds]
-        along = [directional_motion(v, p["motion"]) for v in videos]
+        along = [tw.motion_along(v, p["motion"]) for v in videos]
         went = [scoring.direction_of(*(d / tw.SIZE for d in tw.displacement(v))) for v in videos]
         colour = [np.linalg.norm(tw.mean_colour(v) - tw.COLOURS[p["colour"]]) for v in videos]
         rows[prompt] = {"along_px": round(float(np.mean(along)), 2),
