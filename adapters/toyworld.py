@@ -31,8 +31,9 @@ Stable API (used by the toy models' training script, the demo, tests and the ben
   centre from the first to the last frame; ``motion_along(frames, motion)`` -> that displacement
   along a caption's direction; ``nearest_palette(frames)`` labels each subject pixel
   with the nearest of the customization's colours and the base colours;
-  ``custom_colour_score(frames)`` -> share of the subject's pixels labelled as the
-  customization's (magenta, white and their blend); ``star_score(frames)`` -> how star-like
+  ``colour_share(frames, colour)`` -> share of the subject's pixels labelled ``colour`` (a world
+  colour or ``"custom"``); ``custom_colour_score(frames)`` -> that share for the
+  customization's colours (magenta, white and their blend); ``star_score(frames)`` -> how star-like
   (not disc-like) the subject's silhouette is; ``mean_colour(frames)``
   -> mean RGB of the subject's pixels (compare with the stills as a model's VAE renders them).
 
@@ -366,9 +367,16 @@ def star_score(frames, threshold=40.0):
     return float(np.clip(np.mean(out), 0.0, 1.0)) if out else 0.0
 
 
-def custom_colour_score(frames, threshold=40.0):
-    """Share of the subject's (foreground) pixels classified as the customization's colours by
-    ``nearest_palette``: about 0 for a base-world clip, near 1 for the customization stills."""
+def colour_share(frames, colour, threshold=40.0):
+    """Share of the subject's (foreground) pixels that ``nearest_palette`` gives ``colour``: a
+    name in ``COLOURS``, or ``"custom"`` for the customization's colours; 0 with no subject."""
     label = nearest_palette(frames, threshold)
     fg = label >= 0
-    return float((label[fg] == 0).mean()) if fg.any() else 0.0
+    want = 0 if colour == "custom" else 1 + list(COLOURS).index(colour)
+    return float((label[fg] == want).mean()) if fg.any() else 0.0
+
+
+def custom_colour_score(frames, threshold=40.0):
+    """``colour_share`` of the customization's colours: about 0 for a base-world clip, near 1 for
+    the customization stills."""
+    return colour_share(frames, "custom", threshold)

@@ -37,7 +37,7 @@ Scores (per video, then the mean over prompts x seeds):
   speed_px      mean step of the subject's centre per frame, any direction
   frame_corr    mean correlation of consecutive frames (temporal consistency; 1 = frozen)
   colour_acc    base-world prompts ("a red circle moving left") on the customized model: share of
-                the subject's pixels nearest the named colour (toyworld.nearest_palette;
+                the subject's pixels nearest the named colour (toyworld.colour_share;
                 generalization beyond the subject)
   base_dir_acc  direction accuracy on those base-world prompts
   leak          the customization's star shape showing up in base-world prompts (star_score; lower
@@ -161,13 +161,6 @@ def template_similarity(frames_u8, refs):
     return float(np.mean(sims))
 
 
-def colour_share(frames_u8, colour):
-    """Share of the subject's pixels that ``toyworld.nearest_palette`` calls the named colour."""
-    label = tw.nearest_palette(frames_u8)
-    fg = label >= 0
-    return float((label[fg] == 1 + list(tw.COLOURS).index(colour)).mean()) if fg.any() else 0.0
-
-
 def motion_of(frames_u8, motion):
     centres, area = tw.locate(frames_u8)
     seen = area > 0
@@ -191,7 +184,7 @@ def score_custom(frames, motion, refs):
 def score_base(frames, colour, motion):
     u8 = _u8(frames)
     m = motion_of(u8, motion)
-    return {"colour_acc": colour_share(u8, colour), "base_dir_acc": m["dir_ok"], "leak": tw.star_score(u8),
+    return {"colour_acc": tw.colour_share(u8, colour), "base_dir_acc": m["dir_ok"], "leak": tw.star_score(u8),
             "went": m["went"]}
 
 
