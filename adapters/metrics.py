@@ -3,7 +3,6 @@
 measured.md: the variance across frames of a single-step x0 prediction is not reliable once
 a model has learned motion; measure on generated videos, as these do.
 """
-import torch
 
 
 def temporal_variance(video):

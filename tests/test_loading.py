@@ -1,6 +1,4 @@
 """Tiny models written in the users' layouts load through the user path and behave identically."""
-import pickle
-import zipfile
 
 import pytest
 import torch
@@ -96,7 +94,7 @@ def test_fp16_ckpt_with_wrapper_and_ema(tiny_files, tmp_path):
 
 
 def test_diffusers_folders(tiny_files, tmp_path):
-    from diffusers import AutoencoderKL, UNet2DConditionModel, UNetMotionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     root = tmp_path / "pipe"
     unet = UNet2DConditionModel(**random_models.TINY_UNET)
