@@ -156,6 +156,35 @@ def _decode_video(path, frames, stride, max_side):
     return kept
 
 
+def _animated_webp(path):
+    """True for a WebP with more than one frame (ComfyUI's Save Animated WEBP), which FFmpeg
+    does not decode; a still WebP is an image."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            return getattr(img, "n_frames", 1) > 1
+    except Exception:  # noqa: BLE001 - a bad file is reported when it is read
+        return False
+
+
+def _decode_animated_webp(path, frames, stride, max_side):
+    from PIL import Image, ImageSequence
+    import numpy as np
+    kept = []
+    try:
+        with Image.open(path) as img:
+            for i, frame in enumerate(ImageSequence.Iterator(img)):
+                if i % stride == 0:
+                    arr = np.asarray(frame.convert("RGB"), dtype=np.uint8).copy()
+                    kept.append(_shrink(torch.from_numpy(arr), max_side))
+                    if len(kept) >= frames:
+                        break
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
+        raise ModelFileError(path, f"cannot be decoded as an animated WebP ({str(e)[:200]}).",
+                             "The file may be truncated: copy it again, re-encode it, or remove it.") from e
+    return kept
+
+
 def _read_frame_folder(folder, frames, stride, max_side):
     files = [p for p in sorted(folder.iterdir(), key=_natural_key)
              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS]
@@ -169,8 +198,9 @@ def _read_frame_folder(folder, frames, stride, max_side):
 
 
 def load_video_folder(folder, frames=16, stride=1, default_caption="", max_side=None):
-    """One Clip per video file (.mp4/.webm/.mov/.mkv/.gif/.avi/.m4v, decoded with PyAV) and
-    per sub-folder of frame images (frames in name order), in name order.
+    """One Clip per video file (.mp4/.webm/.mov/.mkv/.gif/.avi/.m4v, decoded with PyAV; an
+    animated .webp, with PIL) and per sub-folder of frame images (frames in name order), in name
+    order.
 
     Keeps up to ``frames`` frames, one every ``stride``, from the start. A video with fewer
     keeps what it has if that is at least 2 frames, else it is skipped with a warning.
@@ -183,8 +213,9 @@ def load_video_folder(folder, frames=16, stride=1, default_caption="", max_side=
         raise ValueError(f"stride must be at least 1, got {stride}.")
     clips, skipped = [], []
     for p in _listing(folder):
-        if p.is_file() and p.suffix.lower() in VIDEO_EXTS:
-            kept = _decode_video(p, frames, stride, max_side)
+        if p.is_file() and (p.suffix.lower() in VIDEO_EXTS or (p.suffix.lower() == ".webp" and _animated_webp(p))):
+            read = _decode_animated_webp if p.suffix.lower() == ".webp" else _decode_video
+            kept = read(p, frames, stride, max_side)
             caption = _caption([p.with_suffix(".txt")], default_caption)
         elif p.is_dir():
             kept = _read_frame_folder(p, frames, stride, max_side)
@@ -289,10 +320,8 @@ def generate_prior_clips(model, prompts, count, seed, frames, width, height, ste
         prompt = prompts[i % len(prompts)]
         if prompt not in conds:
             conds[prompt] = sampling.encode_text(model, [prompt], device)
-        step_cb = None
-        if callback is not None:
-            def step_cb(step, total, x, i=i):
-                callback(i * total + step, count * total, x)
+        step_cb = None if callback is None else (
+            lambda step, total, x, i=i: callback(i * total + step, count * total, x))
         latents = sampling.sample(model, conds[prompt], uncond, seed=seed + i, steps=steps, cfg=cfg,
                                   scheduler=scheduler, width=width, height=height, frames=frames,
                                   device=device, callback=step_cb)

@@ -1,4 +1,4 @@
-"""Reading and writing tensor files safely.
+"""Reading and writing files safely: tensors, text and videos.
 
 Pickled checkpoints are read with ``weights_only=True`` so no file can run code; writes go to
 a temporary file that is renamed into place, and never over an existing file unless asked.
@@ -177,3 +177,42 @@ def write_text(path, text, overwrite=False):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
     return _write_atomic(path, write, overwrite)
+
+
+VIDEO_FORMATS = {".gif": "GIF", ".webp": "WEBP", ".mp4": "mp4"}
+
+
+def write_video(frames, path, fps=8, overwrite=False):
+    """Frames (F, H, W, 3) uint8 (a numpy array or a list of PIL images) as an animated GIF,
+    lossless WebP or H.264 MP4, by ``path``'s suffix, written like ``save_safetensors``.
+
+    MP4 is yuv420p, which players expect and which needs even sides: odd frames get a black
+    row/column. GIF and WebP loop forever."""
+    import numpy as np
+    from PIL import Image
+    path = Path(path)
+    kind = VIDEO_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"{path.name}: write videos as {', '.join(VIDEO_FORMATS)}")
+    arrays = [np.asarray(f.convert("RGB") if isinstance(f, Image.Image) else f, dtype=np.uint8) for f in frames]
+    if not arrays:
+        raise ValueError(f"{path.name}: no frames to write")
+
+    def write_pil(tmp):
+        images = [Image.fromarray(a) for a in arrays]
+        extra = {"lossless": True} if kind == "WEBP" else {}
+        images[0].save(tmp, format=kind, save_all=True, append_images=images[1:], duration=round(1000 / fps),
+                       loop=0, **extra)
+
+    def write_mp4(tmp):
+        import av
+        h, w = arrays[0].shape[:2]
+        with av.open(tmp, "w", format="mp4") as out:
+            stream = out.add_stream("libx264", rate=int(round(fps)))
+            stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+            stream.options = {"crf": "18"}
+            for a in arrays:
+                a = np.pad(a, ((0, h % 2), (0, w % 2), (0, 0)))
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
+            out.mux(stream.encode())
+    return _write_atomic(path, write_mp4 if kind == "mp4" else write_pil, overwrite)

@@ -37,6 +37,10 @@ Stable API (used by the toy models' training script, the demo, tests and the ben
   (not disc-like) the subject's silhouette is; ``mean_colour(frames)``
   -> mean RGB of the subject's pixels (compare with the stills as a model's VAE renders them).
 
+- ``MODEL_FILES``: the file names of the toy models trained on this world (``embedded/``,
+  written by ``scripts/train_toy_models.py``): base checkpoint, motion module, customized
+  checkpoint, Motion Adapter.
+
 Frames are float-free uint8 here; ``to_float(frames)`` gives the pack's (F, H, W, 3) float32
 in [0, 1] (ComfyUI's IMAGE layout, ``adapters.data.Clip``).
 """
@@ -60,6 +64,9 @@ MOTION_PHRASES = {"left": "moving left", "right": "moving right", "up": "moving 
 SPEED = (2.5 * S, 3.5 * S)      # pixels per frame
 RADIUS = (8.0 * S, 11.0 * S)    # subject half-size in pixels
 JITTER = 4.0 * S                # a path's offset from the frame's centre line, at most
+
+MODEL_FILES = {"base": "toy_base.safetensors", "custom": "toy_custom_sks_star.safetensors",
+               "motion": "toy_mm_v2.safetensors", "adapter": "toy_motion_adapter.safetensors"}
 
 CUSTOM_TOKEN = "sks"
 CUSTOM_SHAPE = "star"

@@ -5,7 +5,6 @@ draws its batch, noise and timesteps from a generator seeded by (seed, step), so
 from a saved file continues exactly as the uninterrupted run would have.
 """
 import contextlib
-import json
 import math
 import re
 import time
@@ -19,7 +18,6 @@ from . import lowrank, memory
 from .files import unique_path
 from .fullweights import FULL, FullDelta
 from .lowrank import MOTION, SPATIAL, LowRankAdapter
-from .video_model import T2I, TEXT
 
 
 @dataclass
@@ -37,10 +35,17 @@ class TrainSettings:
     prior_ratio: float = 0.5           # spatial: share of steps on natural prior videos (α = 0)
     interleaved: bool = False          # the paper's baseline: stills with temporal layers off
     target_mode: str = "all"           # spatial: which injected layers get adapters
+    # share of examples trained with the empty prompt. Adapters trained only on captioned stills
+    # also move the unconditional prediction, which classifier-free guidance subtracts: on a
+    # customized checkpoint whose empty prompt already drew the subject, that undid the
+    # customization (docs in benchmarks/README.md, toy comparison)
+    caption_dropout: float = 0.0
 
     def validate(self):
         if self.steps < 1 or self.batch < 1 or self.frames < 1 or self.rank < 1:
             raise ValueError("steps, batch, frames and rank must be at least 1")
+        if not 0 <= self.caption_dropout <= 1:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
         if not 0 <= self.prior_ratio <= 1:
             raise ValueError(f"prior_ratio must be in [0, 1], got {self.prior_ratio}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -121,7 +126,7 @@ def _load_optimizer_state(opt, params, tensors):
 
 def _embed_all(model, clips, device):
     from .sampling import encode_text
-    captions = sorted({c.caption for c in clips})
+    captions = sorted({c.caption for c in clips} | {""})
     return {c: encode_text(model, [c], device) for c in captions}
 
 
@@ -243,9 +248,13 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
                 idx = torch.randint(len(pool), (settings.batch,), generator=g).tolist()
                 frozen = {lowrank.TEMPORAL: False, lowrank.ABSORBER: "unordered"}.get(kind, kind == MOTION or not use_prior)
                 lat = torch.stack([_clip_latents(pool[i], settings.frames, frozen, g) for i in idx]).to(device)
-                emb = torch.cat([embeds[pool[i].caption] for i in idx])
+                captions = [pool[i].caption for i in idx]
                 noise = torch.randn(lat.shape, generator=g).to(device)
                 t = torch.randint(0, 1000, (settings.batch,), generator=g).to(device)
+                if settings.caption_dropout > 0:
+                    drop = (torch.rand(settings.batch, generator=g) < settings.caption_dropout).tolist()
+                    captions = ["" if d else c for c, d in zip(captions, drop)]
+                emb = torch.cat([embeds[c] for c in captions])
                 a = alphas[t].view(-1, 1, 1, 1, 1)
                 noisy = a.sqrt() * lat + (1 - a).sqrt() * noise
                 alpha_now["value"] = 0.0 if use_prior else 1.0

@@ -68,8 +68,6 @@ from adapters.files import unique_path, write_text  # noqa: E402
 from adapters.lowrank import MOTION, LowRankAdapter  # noqa: E402
 from adapters.video_model import AdapterPatch  # noqa: E402
 
-FILES = {"base": "toy_base.safetensors", "custom": "toy_custom_sks_star.safetensors",
-         "motion": "toy_mm_v2.safetensors", "adapter": "toy_motion_adapter.safetensors"}
 METHODS = ("truth", "base", "naive", "interpolation", "interleaved", "interleaved_full", "still_moving",
            "no_motion_adapter", "full_weights", "no_prior")
 TRAINED = {"interleaved", "interleaved_full", "still_moving", "no_motion_adapter", "full_weights", "no_prior"}
@@ -221,7 +219,7 @@ def build_methods(names, base, custom_path, motion_adapter, stills, prior, s, ou
         lr = s["full_lr"] if kind == "full" else s["lr"]
         settings = training.TrainSettings(steps=s["train_steps"], learning_rate=lr, rank=s["rank"], batch=s["batch"],
                                           frames=tw.FRAMES, seed=s["seed"], prior_ratio=ratio,
-                                          interleaved=interleaved)
+                                          interleaved=interleaved, caption_dropout=s["caption_dropout"])
         res = training.train(naive, kind, settings, out / "adapters" / f"{name}.safetensors", custom_clips=stills,
                              prior_clips=prior if ratio > 0 else (), motion_adapter=ma, device=device)
         model = res.adapter.apply(naive) if kind == "full" else naive.with_patch(AdapterPatch(res.adapter, 1.0, True))
@@ -331,12 +329,12 @@ def grids(videos, names, out, zoom=4):
 
 def load_models(models_dir, s, out, device):
     models_dir = Path(models_dir)
-    missing = [f for k, f in FILES.items() if k != "adapter" and not (models_dir / f).is_file()]
+    missing = [f for k, f in tw.MODEL_FILES.items() if k != "adapter" and not (models_dir / f).is_file()]
     if missing:
         sys.exit(f"{models_dir} lacks {', '.join(missing)}: give --models the folder of the toy models "
                  "(scripts/train_toy_models.py writes them).")
-    base = loading.load_video_model(models_dir / FILES["base"], models_dir / FILES["motion"])
-    ma_path = models_dir / FILES["adapter"]
+    base = loading.load_video_model(models_dir / tw.MODEL_FILES["base"], models_dir / tw.MODEL_FILES["motion"])
+    ma_path = models_dir / tw.MODEL_FILES["adapter"]
     if ma_path.is_file():
         ma = LowRankAdapter.load(ma_path, MOTION)
         ma.check(base, ma_path)
@@ -348,7 +346,7 @@ def load_models(models_dir, s, out, device):
         ma = training.train(base, MOTION, settings, out / "adapters" / "motion.safetensors", custom_clips=clips,
                             device=device).adapter
         log(f"Motion Adapter: none in {models_dir}, trained one ({settings.steps} steps)")
-    return base, models_dir / FILES["custom"], ma
+    return base, models_dir / tw.MODEL_FILES["custom"], ma
 
 
 def run(args):
@@ -359,7 +357,8 @@ def run(args):
             s[key] = getattr(args, key)
     if args.seeds is not None:
         s["seeds"] = tuple(range(args.seeds))
-    s.update(cfg=args.cfg, lr=args.lr, full_lr=args.full_lr, rank=args.rank, seed=0, prior_ratio=args.prior_ratio)
+    s.update(cfg=args.cfg, lr=args.lr, full_lr=args.full_lr, rank=args.rank, seed=0, prior_ratio=args.prior_ratio,
+             caption_dropout=args.caption_dropout)
     if args.batch is not None:
         s["batch"] = args.batch
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -411,6 +410,8 @@ def parse_args(argv=None):
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--batch", type=int, help="training batch (full 2, quick 1)")
     ap.add_argument("--prior-ratio", dest="prior_ratio", type=float, default=0.5)
+    ap.add_argument("--caption-dropout", dest="caption_dropout", type=float, default=0.0,
+                    help="share of training examples with the empty prompt")
     ap.add_argument("--device", default="cpu")
     return ap.parse_args(argv)
 

@@ -132,16 +132,22 @@ class TrainSpatialAdapters(_Trainer):
                                 "linears only; block_outputs: the last layer of each spatial block."})
         req["interleaved"] = ("BOOLEAN", {"default": False, "tooltip": "The paper's baseline instead: stills with "
                                           "the temporal layers off, alternating with videos."})
-        return {"required": req, "optional": {"resume_from": (_resume_choices("spatial"),)},
+        return {"required": req, "optional": {
+            "resume_from": (_resume_choices("spatial"),),
+            "caption_dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                                "Share of steps trained with the empty prompt. Try 0.1-0.2 if the trained "
+                                "adapters lose the customization at your CFG but keep it at CFG 1: the "
+                                "customized checkpoint's empty prompt then draws the subject too."})},
                 "hidden": {"unique_id": "UNIQUE_ID"}}
 
     DESCRIPTION = "Trains Spatial Adapters for an injected customized model (paper §3.3); saved to models/still_moving/spatial/."
 
     def train(self, video_model, motion_adapter, customized_stills, prior_videos, steps, learning_rate, rank, batch,
               frames, width, height, seed, mixed_precision, gradient_checkpointing, save_every, name, prior_ratio,
-              target_layers, interleaved, resume_from="none", unique_id=None):
+              target_layers, interleaved, resume_from="none", caption_dropout=0.0, unique_id=None):
         s = training.TrainSettings(steps, learning_rate, rank, batch, frames, seed, mixed_precision,
                                    gradient_checkpointing, save_every, prior_ratio=prior_ratio,
-                                   interleaved=interleaved, target_mode=target_layers)
+                                   interleaved=interleaved, target_mode=target_layers,
+                                   caption_dropout=caption_dropout)
         return self._train(lowrank.SPATIAL, video_model, customized_stills, prior_videos, motion_adapter,
                            s, width, height, name, resume_from, unique_id)

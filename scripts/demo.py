@@ -2,7 +2,7 @@
 
 Without --models: the whole Still-Moving path on the embedded toy models (``embedded/``,
 trained by scripts/train_toy_models.py on the toy world), through the library the nodes use:
-naive injection vs Still-Moving side by side as GIF/WebP (scripts/toy_demo.py).
+naive injection vs Still-Moving side by side as GIF, WebP and MP4 (scripts/toy_demo.py).
 With --models: runs an example workflow headless in a real ComfyUI on your files.
 With --workflow but no --models: that workflow in ComfyUI on generated random weights in the
 real file layouts (the video is noise; the point is the path: load, inject, sample, save).

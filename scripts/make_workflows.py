@@ -143,7 +143,7 @@ def train_spatial_adapters():
         title="Prior videos (base model)")
     mad = g.node("SM_LoadAdapter", (720, 160), [MOTION_ADAPTER], outputs=[ADAPTER])
     train = g.node("SM_TrainSpatialAdapters", (1440, 0), [1000, 1e-4, 16, 1, 16, 256, 256, 0, "bf16", True, 250,
-                                                          "spatial_adapters", 0.5, "all", False, "none"],
+                                                          "spatial_adapters", 0.5, "all", False, "none", 0.0],
                    inputs=[VM, ("motion_adapter", "SM_ADAPTER"), ("customized_stills", "SM_CLIPS"),
                            ("prior_videos", "SM_CLIPS")], outputs=TRAIN_OUT)
     prev = g.node("PreviewImage", (1800, 0), inputs=[("images", "IMAGE")], title="Loss curve")

@@ -23,10 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 EMBEDDED = ROOT / "embedded"
-FILES = {"base": "toy_base.safetensors", "custom": "toy_custom_sks_star.safetensors",
-         "motion": "toy_mm_v2.safetensors", "adapter": "toy_motion_adapter.safetensors"}
-
-
 def _label(img, text):
     from PIL import Image, ImageDraw
     out = Image.new("RGB", (img.width, img.height + 14), (0, 0, 0))
@@ -55,17 +51,9 @@ def side_by_side(videos, labels, scale=6):
 
 
 def save_animation(frames, path, fps=6):
-    """GIF (always) via PIL; WebP beside it when PIL has WebP support."""
-    from PIL import features
-    from adapters.files import unique_path
-    gif = unique_path(path.with_suffix(".gif"))
-    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    out = [gif]
-    if features.check("webp"):
-        webp = unique_path(path.with_suffix(".webp"))
-        frames[0].save(webp, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0, lossless=True)
-        out.append(webp)
-    return out
+    """The same frames as GIF, WebP and MP4 (H.264) beside each other."""
+    from adapters.files import VIDEO_FORMATS, unique_path, write_video
+    return [write_video(frames, unique_path(path.with_suffix(ext)), fps) for ext in VIDEO_FORMATS]
 
 
 def scores(frames, prompt):
@@ -88,15 +76,15 @@ def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     embedded = Path(embedded)
-    missing = [n for n in FILES.values() if not (embedded / n).is_file()]
+    missing = [n for n in tw.MODEL_FILES.values() if not (embedded / n).is_file()]
     if missing:
         raise FileNotFoundError(f"embedded toy models missing in {embedded}: {', '.join(missing)}; "
                                 "run scripts/train_toy_models.py --out embedded")
     prompts = prompts or [tw.custom_caption("left"), tw.custom_caption("up")]
     size, frames = tw.SIZE, tw.FRAMES
     log(f"toy demo: loading the embedded base model, motion module and customized checkpoint from {embedded}")
-    base = loading.load_video_model(embedded / FILES["base"], embedded / FILES["motion"])
-    naive = inject.inject_checkpoint(base, embedded / FILES["custom"])
+    base = loading.load_video_model(embedded / tw.MODEL_FILES["base"], embedded / tw.MODEL_FILES["motion"])
+    naive = inject.inject_checkpoint(base, embedded / tw.MODEL_FILES["custom"])
 
     def generate(vm, prompt, seed, n=frames):
         return sampling.text_to_video(vm, prompt, seed=seed, steps=steps, cfg=cfg, width=size, height=size, frames=n)
@@ -108,8 +96,8 @@ def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.
     prior = [Clip(tw.to_float(c.frames), c.caption, "toy world video") for c in tw.dataset(n_prior, seed=777)]
     custom_lat = encode_clips(base, still_clips, size, size)
     prior_lat = encode_clips(base, prior, size, size)
-    motion_adapter = LowRankAdapter.load(embedded / FILES["adapter"], "motion")
-    motion_adapter.check(base, embedded / FILES["adapter"])
+    motion_adapter = LowRankAdapter.load(embedded / tw.MODEL_FILES["adapter"], "motion")
+    motion_adapter.check(base, embedded / tw.MODEL_FILES["adapter"])
     log(f"toy demo: training Spatial Adapters ({train_steps} steps)...")
     settings = TrainSettings(steps=train_steps, learning_rate=1e-3, rank=4, batch=2, frames=frames, seed=0,
                              prior_ratio=0.5)

@@ -71,8 +71,6 @@ LR = {"vae": 1e-3, "vae_decoder": 5e-4, "t2i": 1e-3, "text": 3e-3, "motion": 1e-
 VIDEO_T2I = "t2i_video.pt"
 BATCH = {"t2i": 64, "motion": 4}
 OFFSET_NOISE = 0.1
-NAMES = {"base": "toy_base.safetensors", "custom": "toy_custom_sks_star.safetensors",
-         "motion": "toy_mm_v2.safetensors", "adapter": "toy_motion_adapter.safetensors"}
 EVAL_PROMPTS = [tw.caption(c, s, m) for c, s, m in (("red", "circle", "left"), ("blue", "circle", "right"),
                                                      ("green", "circle", "up"), ("yellow", "circle", "down"),
                                                      ("blue", "circle", "still"))]
@@ -413,10 +411,10 @@ def write_checkpoint(path, unet_sd, te, vae):
 
 def write_base(work, out):
     unet, te = load_t2i(work, VIDEO_T2I)
-    write_checkpoint(out / NAMES["base"], unet.state_dict(), te, load_vae(work))
+    write_checkpoint(out / tw.MODEL_FILES["base"], unet.state_dict(), te, load_vae(work))
     motion = torch.load(work / "motion.pt", weights_only=True)
-    (out / NAMES["motion"]).unlink(missing_ok=True)
-    save_safetensors(export.motion_module_tensors(motion, torch.float16), out / NAMES["motion"])
+    (out / tw.MODEL_FILES["motion"]).unlink(missing_ok=True)
+    save_safetensors(export.motion_module_tensors(motion, torch.float16), out / tw.MODEL_FILES["motion"])
 
 
 # --- 4. Motion Adapter (the pack's trainer on the shipped files) ----------------------------------
@@ -428,14 +426,14 @@ def train_adapter(steps, work, out):
     vae = load_vae(work)
     lat, caps = world_latents(work, vae)
     clips = [LatentClip(lat[i], caps[i], f"toy clip {i}") for i in range(0, len(lat), 5)]
-    vm = loading.load_video_model(out / NAMES["base"], out / NAMES["motion"])
+    vm = loading.load_video_model(out / tw.MODEL_FILES["base"], out / tw.MODEL_FILES["motion"])
     tmp = work / "adapter"
     shutil.rmtree(tmp, ignore_errors=True)
     settings = TrainSettings(steps=steps, learning_rate=1e-3, rank=4, batch=2, frames=lat.shape[2], seed=SEED)
-    res = train(vm, "motion", settings, tmp / NAMES["adapter"], custom_clips=clips,
+    res = train(vm, "motion", settings, tmp / tw.MODEL_FILES["adapter"], custom_clips=clips,
                 metadata={"trained_by": "scripts/train_toy_models.py", "data": "toy world clips (frozen)"})
-    (out / NAMES["adapter"]).unlink(missing_ok=True)
-    shutil.copyfile(res.path, out / NAMES["adapter"])
+    (out / tw.MODEL_FILES["adapter"]).unlink(missing_ok=True)
+    shutil.copyfile(res.path, out / tw.MODEL_FILES["adapter"])
     return {"final_loss": round(float(np.mean([l for _, l, _ in res.losses[-20:]])), 4)}
 
 
@@ -453,6 +451,7 @@ def train_custom(steps, work):
         custom_emb = te(tokens(tok, [tw.CUSTOM_CLASS_CAPTION]))[0]
         uniq = sorted(set(caps))
         table = te(tokens(tok, uniq))[0]
+        empty = te(tokens(tok, [""]))[0]
     prior_idx = torch.tensor([uniq.index(c) for c in caps])
     torch.manual_seed(SEED + 8)
     opt = torch.optim.AdamW(unet.parameters(), lr=LR["custom"], weight_decay=1e-2)
@@ -464,6 +463,10 @@ def train_custom(steps, work):
         pi = torch.randint(len(prior), (4,), generator=g)
         x = torch.cat([custom[ci], prior[pi]])
         emb = torch.cat([custom_emb.expand(4, -1, -1), table[prior_idx[pi]]])
+        # caption dropout as in the base T2I's training: without it the empty prompt drifts to the
+        # new subject (it drew stars), and classifier-free guidance, which subtracts it, broke
+        # every prompt of the customized model
+        emb = torch.where((torch.rand(len(x), generator=g) < 0.1).view(-1, 1, 1), empty, emb)
         loss = diffusion_loss(unet, x, emb, g, alphas)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -477,7 +480,7 @@ def train_custom(steps, work):
 
 def write_custom(work, out):
     unet, te = load_t2i(work, "custom.pt")
-    write_checkpoint(out / NAMES["custom"], unet.state_dict(), te, load_vae(work))
+    write_checkpoint(out / tw.MODEL_FILES["custom"], unet.state_dict(), te, load_vae(work))
 
 
 # --- measuring the shipped files with the pack's sampler ------------------------------------------
@@ -493,7 +496,7 @@ def measure(out, seeds=(0, 1, 2, 3)):
     base video model, and the customization's colour in the customized T2I's stills against the
     base T2I's (the numbers the tests' thresholds are set from)."""
     from adapters import inject, loading, scoring, training
-    vm = loading.load_video_model(out / NAMES["base"], out / NAMES["motion"])
+    vm = loading.load_video_model(out / tw.MODEL_FILES["base"], out / tw.MODEL_FILES["motion"])
     rows = {}
     lo, hi = (v * (tw.FRAMES - 1) for v in tw.SPEED)
     for prompt in EVAL_PROMPTS:
@@ -507,7 +510,7 @@ def measure(out, seeds=(0, 1, 2, 3)):
                         "colour_error_rgb": round(float(np.mean(colour)), 1)}
         log(f"  {prompt!r}: along the caption {rows[prompt]['along_px']} px (truth {lo:.0f}-{hi:.0f}; still: 0), "
             f"went {went}, colour off by {rows[prompt]['colour_error_rgb']} (RGB distance)")
-    custom = inject.inject_checkpoint(vm, out / NAMES["custom"])
+    custom = inject.inject_checkpoint(vm, out / tw.MODEL_FILES["custom"])
     prompt = tw.CUSTOM_CLASS_CAPTION
 
     def stills(model):
@@ -541,7 +544,7 @@ def main():
     record_path = args.out / "toy_models.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     record.update({"script": "scripts/train_toy_models.py", "seed": SEED, "threads": args.threads,
-                   "torch": torch.__version__, "files": NAMES, "unet": UNET, "vae": VAE, "clip": CLIP,
+                   "torch": torch.__version__, "files": tw.MODEL_FILES, "unet": UNET, "vae": VAE, "clip": CLIP,
                    "motion_module": MOTION, "world": {"size": tw.SIZE, "frames": tw.FRAMES}})
     record.setdefault("stages", {})
     for stage in args.stages.split(","):

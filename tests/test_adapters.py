@@ -200,6 +200,23 @@ def test_resume_with_another_rank_is_refused(models, tmp_path):
                        custom_clips=_clips(), resume=res.path)
 
 
+def test_caption_dropout_trains_on_the_empty_prompt(models, tmp_path):
+    """caption_dropout = 1 is training every example with the empty prompt: same noise, same
+    timesteps, same result as clips captioned "" (the draw comes after them); 0 leaves captions."""
+    base, _ = models
+
+    def run(clips, dropout, name):
+        s = training.TrainSettings(steps=3, learning_rate=1e-3, rank=4, frames=4, seed=5, caption_dropout=dropout)
+        res = training.train(base, MOTION, s, tmp_path / f"{name}.safetensors", custom_clips=clips)
+        return torch.cat([torch.cat([f.flatten() for f in res.adapter.factors(n)]) for n in res.adapter.targets])
+    empty = [types.SimpleNamespace(latents=c.latents, caption="") for c in _clips()]
+    dropped, plain_empty, kept = run(_clips(), 1.0, "dropped"), run(empty, 0.0, "empty"), run(_clips(), 0.0, "kept")
+    torch.testing.assert_close(dropped, plain_empty, rtol=0, atol=1e-6)
+    assert (dropped - kept).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="caption_dropout"):
+        training.TrainSettings(caption_dropout=1.5).validate()
+
+
 def test_nan_loss_stops_with_a_clear_error(models, tmp_path):
     base, _ = models
     bad = _clips()

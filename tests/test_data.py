@@ -148,6 +148,29 @@ def test_video_stride_and_short_video_warning(tmp_path):
     assert [c.source.rsplit("/", 1)[-1] for c in clips] == ["v.mp4"]
 
 
+def test_written_videos_read_back_through_the_users_path(tmp_path):
+    """files.write_video (the demo's GIF/WebP/MP4) gives files the video reader takes back, frame
+    for frame; odd sides are padded for H.264's yuv420p; nothing is overwritten."""
+    from adapters.files import write_video
+    frames = np.stack([square_frame(i, w=W - 1, h=H - 1) for i in range(12)])  # 63x47: odd on purpose
+    for ext in (".gif", ".webp", ".mp4"):
+        write_video(frames, tmp_path / f"v{ext}", fps=6)
+    clips = data.load_video_folder(tmp_path, frames=12)
+    assert [c.source.rsplit("/", 1)[-1] for c in clips] == ["v.gif", "v.mp4", "v.webp"]
+    for c in clips:
+        exact = not c.source.endswith(".mp4")
+        assert c.frames.shape == ((12, H - 1, W - 1, 3) if exact else (12, H, W, 3)), c.source
+        assert [square_x(f) for f in c.frames] == [2 + 2 * i for i in range(12)], c.source
+        err = (c.frames[:, :H - 1, :W - 1] * 255 - torch.from_numpy(frames).float()).abs().mean()
+        assert err < (0.5 if exact else 4.0), (c.source, float(err))
+    before = (tmp_path / "v.mp4").read_bytes()
+    with pytest.raises(FileExistsError):
+        write_video(frames, tmp_path / "v.mp4")
+    assert (tmp_path / "v.mp4").read_bytes() == before
+    with pytest.raises(ValueError, match="write videos as .gif, .webp, .mp4"):
+        write_video(frames, tmp_path / "v.mov")
+
+
 def test_video_folder_errors(tmp_path):
     with pytest.raises(ModelFileError, match=r"no usable videos.*\.mp4"):
         data.load_video_folder(tmp_path)

@@ -20,7 +20,8 @@ PACK_NODES = {"SM_LoadVideoModel", "SM_LoadMotionLoRA", "SM_InjectCheckpoint", "
 SMALL = {  # per node type: what makes an example workflow CI-sized on the small models
     "SM_SampleVideo": {"steps": 2, "width": 64, "height": 64, "frames": 8},
     "SM_TrainMotionAdapter": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0},
-    "SM_TrainSpatialAdapters": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0},
+    "SM_TrainSpatialAdapters": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0,
+                                "caption_dropout": 0.5},  # the optional widget reaches the trainer
     "SM_GeneratePriorClips": {"count": 2, "steps": 1, "width": 64, "height": 64, "frames": 4},
     "SM_TrainSubjectModule": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0},
     "SM_TrainAppearanceAbsorber": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0},
@@ -88,6 +89,9 @@ def test_workflow_runs(host, path):
         adapter, path, curve = (result.outputs[k][i][0] for i in range(3))
         assert Path(path).is_file() and Path(path).parent.parent.name == "still_moving"
         assert adapter.metadata["step"] == 2 and curve.shape[0] == 1 and curve.shape[-1] == 3
+        settings = adapter.metadata["settings"]  # the node's inputs, optional widgets included, reached the trainer
+        assert {key: settings[key] for key in SMALL[graph[k]["class_type"]] if key in settings} == \
+            {key: v for key, v in SMALL[graph[k]["class_type"]].items() if key in settings}
         losses = [e for e, _ in result.messages if e == "still_moving.loss"]
         assert len(losses) >= 2
     for k in samplers:

@@ -113,16 +113,16 @@ def write_toy_models(folder, bench):
     custom_unet = {k: v + 0.05 * v.std().nan_to_num(0) * torch.randn(v.shape, generator=g)
                    for k, v in parts["unet"].items()}
     for key, unet in (("base", parts["unet"]), ("custom", custom_unet)):
-        export.write_checkpoint(folder / bench.FILES[key], export.checkpoint_tensors(
+        export.write_checkpoint(folder / tw.MODEL_FILES[key], export.checkpoint_tensors(
             unet, parts["vae"], parts["clip"], parts["layout"], parts["vae_levels_layers"]))
-    export.write_checkpoint(folder / bench.FILES["motion"],
+    export.write_checkpoint(folder / tw.MODEL_FILES["motion"],
                             export.motion_module_tensors(random_models.motion_module_parts("v2", "tiny", seed=22)))
-    vm = loading.load_video_model(folder / bench.FILES["base"], folder / bench.FILES["motion"])
+    vm = loading.load_video_model(folder / tw.MODEL_FILES["base"], folder / tw.MODEL_FILES["motion"])
     ma = LowRankAdapter.for_model(MOTION, vm, rank=4, metadata={"motion_fingerprint": motion_fingerprint(vm)})
     with torch.no_grad():
         for p in ma.up.values():
             p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    ma.save(folder / bench.FILES["adapter"])
+    ma.save(folder / tw.MODEL_FILES["adapter"])
     return folder
 
 
