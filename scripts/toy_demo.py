@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 EMBEDDED = ROOT / "embedded"
+
+
 def _label(img, text):
     from PIL import Image, ImageDraw
     out = Image.new("RGB", (img.width, img.height + 14), (0, 0, 0))

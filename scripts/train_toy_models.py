@@ -11,7 +11,7 @@ Stages (each cached in --work, so a later stage can be re-run alone):
                encoder fine-tuned at a lower rate (the shipped base checkpoint is that T2I)
   4. adapter   the pack's Motion Adapter (adapters.training.train) on frozen clips
   5. custom    DreamBooth-style fine-tune of the T2I UNet on the 'sks star' stills, with prior
-               preservation on base-world frames
+               preservation on base-world frames and caption dropout
 Then the files are written in the layouts users' files have (LDM single-file checkpoints, an
 original-layout AnimateDiff v2 motion module, a still-moving-adapter/1 file), reloaded through
 ``load_video_model`` and measured with the pack's own sampler. Fixed seeds and a fixed thread
