@@ -113,7 +113,7 @@ class VideoFolderClips:
         return {"required": {
             "folder": ("STRING", {"default": "still_moving/videos",
                                   "tooltip": "A folder inside ComfyUI's input folder holding natural videos "
-                                             "(.mp4/.webm/.mov/.mkv/.gif) or sub-folders of frame images. They "
+                                             "(.mp4/.webm/.mov/.mkv/.gif, animated .webp) or sub-folders of frame images. They "
                                              "train the Motion Adapter (as frozen videos) and keep the video "
                                              "prior (motion, diverse backgrounds) while training the Spatial "
                                              "Adapters; the paper used about 40. A same-name .txt is the caption."}),
