@@ -64,7 +64,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from adapters import data, inject, loading, sampling, scoring, toyworld as tw, training  # noqa: E402
-from adapters.files import unique_path, write_text  # noqa: E402
+from adapters.files import unique_path, write_text, write_video  # noqa: E402
 from adapters.lowrank import MOTION, LowRankAdapter  # noqa: E402
 from adapters.video_model import AdapterPatch  # noqa: E402
 
@@ -322,7 +322,7 @@ def grids(videos, names, out, zoom=4):
                     dd.text((x + 2, y), n, fill=(0, 0, 0))
                     frame.paste(Image.fromarray(u8[t]), (x, y + 12))
                 tiles.append(frame)
-            tiles[0].save(out / "grid_custom.gif", save_all=True, append_images=tiles[1:], duration=150, loop=0)
+            write_video(tiles, out / "grid_custom.gif", fps=1000 / 150)
 
 
 # --- main ------------------------------------------------------------------------------------------
