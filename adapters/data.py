@@ -103,23 +103,28 @@ def _shrink(frame, max_side):
     return x
 
 
+def _rgb(img):
+    """A PIL image (or animation frame) as a (H, W, 3) uint8 tensor; transparent areas white."""
+    from PIL import Image
+    import numpy as np
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    else:
+        img = img.convert("RGB")
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+
+
 def _read_image(path, max_side=None):
     from PIL import Image, ImageOps
-    import numpy as np
     try:
         with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                img = Image.new("RGB", rgba.size, (255, 255, 255))
-                img.paste(rgba, mask=rgba.getchannel("A"))  # transparent areas become white
-            else:
-                img = img.convert("RGB")
-            arr = np.asarray(img, dtype=np.uint8).copy()
+            arr = _rgb(ImageOps.exif_transpose(img))
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
         raise ModelFileError(path, f"cannot be read as an image ({str(e)[:200]}).",
                              "The file may be truncated or not an image: copy it again or remove it.") from e
-    return _shrink(torch.from_numpy(arr), max_side)
+    return _shrink(arr, max_side)
 
 
 def load_image_folder(folder, default_caption="", max_side=None):
@@ -169,14 +174,12 @@ def _animated_webp(path):
 
 def _decode_animated_webp(path, frames, stride, max_side):
     from PIL import Image, ImageSequence
-    import numpy as np
     kept = []
     try:
         with Image.open(path) as img:
             for i, frame in enumerate(ImageSequence.Iterator(img)):
                 if i % stride == 0:
-                    arr = np.asarray(frame.convert("RGB"), dtype=np.uint8).copy()
-                    kept.append(_shrink(torch.from_numpy(arr), max_side))
+                    kept.append(_shrink(_rgb(frame), max_side))
                     if len(kept) >= frames:
                         break
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
