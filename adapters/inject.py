@@ -23,7 +23,8 @@ def _changed(module, tensors, source, what):
             raise ModelFileError(source, f"the customized {what}'s '{name}' has shape {tuple(new.shape)}, the "
                                  f"base {tuple(base.shape)}.", "Both models must be SD1.5.")
         new = new.to(base.dtype)
-        if not torch.equal(new, base.data):
+        # the model may already sit on the GPU; the patch keeps the file's tensor where it is
+        if not torch.equal(new.to(base.device), base.data):
             changed[name] = new
     return changed
 
