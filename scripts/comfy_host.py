@@ -105,7 +105,7 @@ class RunResult:
 class InProcessComfy:
     """ComfyUI imported into this process, with built-in nodes and the pack loaded."""
 
-    def __init__(self, base: Path, comfy_dir: Path):
+    def __init__(self, base: Path, comfy_dir: Path, cpu: bool = True):
         self.base, self.comfy_dir = base, comfy_dir
         self.models_dir = base / "models"
         self.output_dir, self.input_dir = base / "output", base / "input"
@@ -119,7 +119,7 @@ class InProcessComfy:
         sys.path.insert(0, str(comfy_dir))
         import comfy.options  # noqa: F401  (must precede cli_args: no argv parsing)
         from comfy.cli_args import args
-        args.cpu = True  # before comfy.model_management is imported; there is no CUDA
+        args.cpu = cpu  # before comfy.model_management is imported; False only where there is CUDA
         args.base_directory = str(base)  # read once, when folder_paths is imported
         import folder_paths
         # `nodes` puts comfy/ first on sys.path, after which `import utils` finds comfy/utils.py.
