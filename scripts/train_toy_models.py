@@ -11,7 +11,8 @@ Stages (each cached in --work, so a later stage can be re-run alone):
                encoder fine-tuned at a lower rate (the shipped base checkpoint is that T2I)
   4. adapter   the pack's Motion Adapter (adapters.training.train) on frozen clips
   5. custom    DreamBooth-style fine-tune of the T2I UNet on the 'sks star' stills, with prior
-               preservation on base-world frames and caption dropout
+               preservation on base-world frames and caption dropout (--custom-steps,
+               --custom-lr, --custom-prior-share make stronger ones; benchmarks/README.md)
 Then the files are written in the layouts users' files have (LDM single-file checkpoints, an
 original-layout AnimateDiff v2 motion module, a still-moving-adapter/1 file), reloaded through
 ``load_video_model`` and measured with the pack's own sampler. Fixed seeds and a fixed thread
@@ -439,7 +440,9 @@ def train_adapter(steps, work, out):
 
 # --- 5. DreamBooth-style customization ------------------------------------------------------------
 
-def train_custom(steps, work):
+def train_custom(steps, work, lr=LR["custom"], prior_share=0.5):
+    """``prior_share`` of each batch of 8 is base-world frames with their captions (DreamBooth's
+    prior preservation); 0 fine-tunes on the stills alone, a stronger customization."""
     vae = load_vae(work)
     lat, caps = world_latents(work, vae)
     stills = tw.custom_stills(6, seed=0)
@@ -454,15 +457,16 @@ def train_custom(steps, work):
         empty = te(tokens(tok, [""]))[0]
     prior_idx = torch.tensor([uniq.index(c) for c in caps])
     torch.manual_seed(SEED + 8)
-    opt = torch.optim.AdamW(unet.parameters(), lr=LR["custom"], weight_decay=1e-2)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    n_prior = round(8 * prior_share)
     alphas = _noise_schedule()
     g = torch.Generator().manual_seed(SEED + 9)
     unet.train()
     for step in range(steps):
-        ci = torch.randint(len(custom), (4,), generator=g)
-        pi = torch.randint(len(prior), (4,), generator=g)
+        ci = torch.randint(len(custom), (8 - n_prior,), generator=g)
+        pi = torch.randint(len(prior), (n_prior,), generator=g)
         x = torch.cat([custom[ci], prior[pi]])
-        emb = torch.cat([custom_emb.expand(4, -1, -1), table[prior_idx[pi]]])
+        emb = torch.cat([custom_emb.expand(8 - n_prior, -1, -1), table[prior_idx[pi]]])
         # caption dropout as in the base T2I's training: without it the empty prompt drifts to the
         # new subject (it drew stars), and classifier-free guidance, which subtracts it, broke
         # every prompt of the customized model
@@ -475,7 +479,7 @@ def train_custom(steps, work):
         if step % 50 == 0 or step == steps - 1:
             log(f"  custom {step:4d} loss {loss.item():.4f}")
     torch.save({"unet": unet.state_dict(), "text": te.state_dict()}, work / "custom.pt")
-    return {"stills": len(stills), "caption": tw.CUSTOM_CLASS_CAPTION}
+    return {"stills": len(stills), "caption": tw.CUSTOM_CLASS_CAPTION, "learning_rate": lr, "prior_share": prior_share}
 
 
 def write_custom(work, out):
@@ -536,6 +540,10 @@ def main():
     ap.add_argument("--stages", default="vae,t2i,motion,adapter,custom,measure")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (results depend on it; the shipped weights: 2)")
     ap.add_argument("--quick", action="store_true", help="a few steps per stage (plumbing check)")
+    ap.add_argument("--custom-steps", dest="custom_steps", type=int, help=f"custom stage steps ({STEPS['custom'][0]})")
+    ap.add_argument("--custom-lr", dest="custom_lr", type=float, default=LR["custom"])
+    ap.add_argument("--custom-prior-share", dest="custom_prior_share", type=float, default=0.5,
+                    help="share of each custom-stage batch from the base world (0: no prior preservation)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -551,6 +559,8 @@ def main():
         t0 = time.time()
         log(f"stage {stage}...")
         steps = STEPS.get(stage, (0, 0))[which]
+        if stage == "custom" and args.custom_steps:
+            steps = args.custom_steps
         if stage == "vae":
             info = train_vae(steps, STEPS["vae_decoder"][which], args.work)
         elif stage == "t2i":
@@ -564,7 +574,7 @@ def main():
         elif stage == "adapter":
             info = train_adapter(steps, args.work, args.out)
         elif stage == "custom":
-            info = train_custom(steps, args.work)
+            info = train_custom(steps, args.work, args.custom_lr, args.custom_prior_share)
             write_custom(args.work, args.out)
         elif stage == "measure":
             info = measure(args.out)
