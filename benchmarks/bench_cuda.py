@@ -25,7 +25,6 @@ Weights: the random real-layout files of ``_common.ensure_model_files("real")``,
 ``adapters.loading.load_video_model`` in ``--dtype`` and moved to the GPU.
 """
 import argparse
-import re
 import sys
 import tempfile
 import time
@@ -33,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import _common  # noqa: E402
+from benchmarks.bench_training import PeftLoRA  # noqa: E402
 
-TEMPORAL_QKV = r".*motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]\.to_[qkv]"
 PARTS = ("sampling", "decode", "training")
 MIB = 1024 ** 2
 
@@ -185,40 +184,32 @@ def peft_loop(vm, lat, emb, a, gpu, amp):
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
-    from peft import LoraConfig, inject_adapter_in_model
     unet = vm.unet
-    originals = {n: m for n, m in unet.named_modules() if re.fullmatch(TEMPORAL_QKV, n)}
-    inject_adapter_in_model(LoraConfig(r=8, lora_alpha=8, target_modules=TEMPORAL_QKV), unet, adapter_name="ref")
-    params = [p for n, p in unet.named_parameters() if "lora_" in n]
-    for p in params:
-        p.data = p.data.float()
     sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear")
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
     enc = emb.repeat_interleave(a.frames, 0).to(vm.dtype)
     times = []
-    unet.train()
-    try:
-        for i in range(a.train_steps):
-            gpu.sync()
-            t0 = time.perf_counter()
-            noise = torch.randn_like(lat)
-            t = torch.randint(0, 1000, (1,), device=lat.device)
-            noisy = sched.add_noise(lat, noise, t)
-            with torch.autocast(gpu.device.type, dtype=amp, enabled=amp is not None and gpu.cuda):
-                pred = unet(noisy.to(vm.dtype), t, encoder_hidden_states=enc).sample
-                loss = F.mse_loss(pred.float(), noise.float())
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            gpu.sync()
-            times.append(time.perf_counter() - t0)
-    finally:
-        unet.eval()
-        for n, m in originals.items():
-            parent, _, child = n.rpartition(".")
-            setattr(unet.get_submodule(parent), child, m)
-        if hasattr(unet, "peft_config"):
-            del unet.peft_config
+    with PeftLoRA(unet, 8, "ref") as lora:
+        for p in lora.params:   # trained in fp32, as our adapters are, whatever the weights' dtype
+            p.data = p.data.float()
+        opt = torch.optim.AdamW(lora.params, lr=1e-4, weight_decay=1e-2)
+        unet.train()
+        try:
+            for _ in range(a.train_steps):
+                gpu.sync()
+                t0 = time.perf_counter()
+                noise = torch.randn_like(lat)
+                t = torch.randint(0, 1000, (1,), device=lat.device)
+                noisy = sched.add_noise(lat, noise, t)
+                with torch.autocast(gpu.device.type, dtype=amp, enabled=amp is not None and gpu.cuda):
+                    pred = unet(noisy.to(vm.dtype), t, encoder_hidden_states=enc).sample
+                    loss = F.mse_loss(pred.float(), noise.float())
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                gpu.sync()
+                times.append(time.perf_counter() - t0)
+        finally:
+            unet.eval()
     return times[a.train_warmup:]
 
 
