@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import _common  # noqa: E402
+from benchmarks.bench_sampling import make_pipeline, run_diffusers, run_ours  # noqa: E402
 from benchmarks.bench_training import PeftLoRA  # noqa: E402
 
 PARTS = ("sampling", "decode", "training")
@@ -45,6 +46,7 @@ def parse(argv=None):
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--width", type=int, default=512, help="sampling width = height")
     ap.add_argument("--cfg", type=float, default=7.5)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="timed sampling calls of each (ABBA order)")
     ap.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="weights on the GPU")
     ap.add_argument("--train-width", dest="train_width", type=int, default=256,
@@ -109,31 +111,22 @@ def ratio(x, y):
 # --- sampling --------------------------------------------------------------------------------------
 
 def bench_sampling(vm, a, gpu, results):
-    import torch
-    from diffusers import AnimateDiffPipeline
-
-    from adapters.sampling import encode_text, initial_noise, make_scheduler, sample
+    from adapters.sampling import encode_text, initial_noise
     dev = gpu.device
     cond = encode_text(vm, ["a red fox running through snow, cinematic"], dev)
     uncond = encode_text(vm, [""], dev)
-    pipe = AnimateDiffPipeline(vae=vm.vae, text_encoder=vm.text_encoder, tokenizer=vm.tokenizer, unet=vm.unet,
-                               motion_adapter=None, scheduler=make_scheduler("euler", "linear"))
-    pipe.set_progress_bar_config(disable=True)
-    assert pipe.unet is vm.unet
+    pipe = make_pipeline(vm)
 
     def ours(frames, noise, steps):
-        return sample(vm, cond, uncond, seed=0, steps=steps, cfg=a.cfg, scheduler="euler", beta_schedule="linear",
-                      width=a.width, height=a.width, frames=frames, device=dev, latents=noise.clone())
+        return run_ours(vm, cond, uncond, noise, argparse.Namespace(**{**vars(a), "steps": steps}),
+                        frames, a.width, dev)[0]
 
     def theirs(frames, noise, steps):
-        pipe.scheduler = make_scheduler("euler", "linear")
-        return pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_frames=frames, height=a.width,
-                    width=a.width, num_inference_steps=steps, guidance_scale=a.cfg,
-                    latents=noise.clone().to(dev, vm.dtype),  # the pipeline keeps latents in the dtype given
-                    generator=torch.Generator("cpu").manual_seed(0), output_type="latent").frames
+        return run_diffusers(pipe, cond, uncond, noise, argparse.Namespace(**{**vars(a), "steps": steps}),
+                             frames, a.width, dev)[0]
 
     h = a.width // vm.vae_scale
-    noise = initial_noise((1, vm.unet.config.in_channels, a.frames, h, h), 0)[0]
+    noise = initial_noise((1, vm.unet.config.in_channels, a.frames, h, h), a.seed)[0]
     ours(a.frames, noise, 2)  # warm-up: kernels, cuDNN/cuBLAS handles, allocator
     theirs(a.frames, noise, 2)
     runs = {"ours": [], "diffusers": []}

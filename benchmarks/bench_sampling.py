@@ -58,16 +58,28 @@ class StepClock:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
-def run_ours(vm, cond, uncond, noise, a, frames, width):
+def make_pipeline(vm):
+    """The pipeline registers the very same module objects: no copy, no from_unet2d."""
+    from diffusers import AnimateDiffPipeline
+
+    from adapters.sampling import make_scheduler
+    pipe = AnimateDiffPipeline(vae=vm.vae, text_encoder=vm.text_encoder, tokenizer=vm.tokenizer, unet=vm.unet,
+                               motion_adapter=None, scheduler=make_scheduler("euler", "linear"))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet is vm.unet
+    return pipe
+
+
+def run_ours(vm, cond, uncond, noise, a, frames, width, device="cpu"):
     from adapters.sampling import sample
     clock = StepClock()
     out = sample(vm, cond, uncond, seed=a.seed, steps=a.steps, cfg=a.cfg, scheduler="euler",
-                 beta_schedule="linear", width=width, height=width, frames=frames, device="cpu",
+                 beta_schedule="linear", width=width, height=width, frames=frames, device=device,
                  latents=noise.clone(), callback=lambda i, n, x: clock.mark())
     return out, time.perf_counter() - clock.start, clock.intervals()
 
 
-def run_diffusers(pipe, cond, uncond, noise, a, frames, width):
+def run_diffusers(pipe, cond, uncond, noise, a, frames, width, device="cpu"):
     import torch
 
     from adapters.sampling import make_scheduler
@@ -78,7 +90,8 @@ def run_diffusers(pipe, cond, uncond, noise, a, frames, width):
     clock = StepClock()
     pipe.scheduler = make_scheduler("euler", "linear")  # fresh state; ours makes one per call too
     out = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_frames=frames, height=width, width=width,
-               num_inference_steps=a.steps, guidance_scale=a.cfg, latents=noise.clone(),
+               num_inference_steps=a.steps, guidance_scale=a.cfg,
+               latents=noise.clone().to(device, pipe.unet.dtype),  # the pipeline keeps latents in the dtype given
                generator=torch.Generator("cpu").manual_seed(a.seed), output_type="latent",
                callback_on_step_end=on_step).frames
     return out, time.perf_counter() - clock.start, clock.intervals()
@@ -87,10 +100,9 @@ def run_diffusers(pipe, cond, uncond, noise, a, frames, width):
 def main():
     a = parse()
     import torch
-    from diffusers import AnimateDiffPipeline
 
     from adapters.loading import load_video_model
-    from adapters.sampling import encode_text, initial_noise, make_scheduler
+    from adapters.sampling import encode_text, initial_noise
 
     ckpt, mm = _common.ensure_model_files(a.size)
     tok_dirs = [_common.sd1_tokenizer_dir()] if a.size == "real" else []
@@ -104,11 +116,7 @@ def main():
 
     cond = encode_text(vm, ["a red fox running through snow, cinematic"], "cpu")
     uncond = encode_text(vm, [""], "cpu")
-    # The pipeline registers the very same module objects: no copy, no from_unet2d.
-    pipe = AnimateDiffPipeline(vae=vm.vae, text_encoder=vm.text_encoder, tokenizer=vm.tokenizer, unet=vm.unet,
-                               motion_adapter=None, scheduler=make_scheduler("euler", "linear"))
-    pipe.set_progress_bar_config(disable=True)
-    assert pipe.unet is vm.unet
+    pipe = make_pipeline(vm)
 
     def noise_for(frames, width):
         shape = (1, vm.unet.config.in_channels, frames, width // 8, width // 8)
