@@ -133,7 +133,6 @@ def child(a):
     boot_s = time.perf_counter() - t0
     if not host.pack_loaded:
         raise SystemExit(f"the pack did not load:\n{host.pack_log}")
-    import execution
     import nodes
     import torch
     cuda = not a.cpu
@@ -171,24 +170,14 @@ def child(a):
         orig_send(event, data, sid)
 
     host.server.send_sync = record
-    prompt_id = "bench-" + a.child
-    valid, error, _outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, graph, None))
-    if not valid or node_errors:
-        raise SystemExit(f"invalid graph: {error} {node_errors}")
-    host.messages = []
-    host.server.last_prompt_id = prompt_id
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    executor = execution.PromptExecutor(host.server, cache_type=execution.CacheType.CLASSIC,
-                                        cache_args={"lru": 0, "ram": 0})
     t_start = time.perf_counter()
-    executor.execute(graph, prompt_id, {"client_id": "bench"}, [decode])  # PreviewImage not run
+    run = host.run(graph, raise_on_error=False, outputs=[decode])  # PreviewImage not run
     t_end = time.perf_counter()
-    errors = [d for e, d in host.messages if e in ("execution_error", "execution_interrupted")]
-    if errors:
-        err = errors[0]
-        raise SystemExit(f"graph failed: {err.get('exception_message')}\n"
-                         + "".join(err.get("traceback") or []))
+    if run.error:
+        raise SystemExit(f"graph failed: {run.error.get('exception_message')}\n"
+                         + "".join(run.error.get("traceback") or []))
     end_alloc = end_reserved = None
     tail_peak = (0, 0)
     if cuda:
@@ -243,7 +232,7 @@ def child(a):
     else:
         decode_peak = (None, None)
 
-    dtypes = describe_dtypes(a.child, executor, loaders)
+    dtypes = describe_dtypes(a.child, run.outputs, loaders)
     result = {
         "variant": a.child, "device": device, "boot_s": boot_s,
         "load_s": load_s, "prep_s": prep_s, "first_step_s": first, "s_per_step": s_step,
@@ -263,11 +252,10 @@ def child(a):
     shutil.rmtree(base, ignore_errors=True)
 
 
-def describe_dtypes(variant, executor, loaders):
+def describe_dtypes(variant, outputs, loaders):
     """What precision each part actually ran in, read off the loader nodes' outputs."""
     def out(node):
-        entry = executor.caches.outputs.get(node)
-        return None if entry is None else entry.outputs
+        return outputs.get(node)
     try:
         if variant == "ade":
             model, clip, vae = (o[0] for o in out(loaders[0])[:3])
