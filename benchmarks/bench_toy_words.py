@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters import loading, sampling, toyworld as tw  # noqa: E402
+from adapters import data, loading, sampling, toyworld as tw  # noqa: E402
 from adapters.training import _noise_schedule  # noqa: E402
 
 FLIP = {"direction": {"left": "right", "right": "left", "up": "down", "down": "up"},
@@ -51,11 +51,9 @@ def word_position(vm, a, b):
 @torch.no_grad()
 def measure(vm, n_clips=24, seed=0):
     clips = [c for c in tw.dataset(n_clips * 2, seed=seed) if c.spec.motion in FLIP["direction"]][:n_clips]
-    pixels = torch.from_numpy(np.stack([c.frames for c in clips])).float() / 127.5 - 1   # (B, F, H, W, 3)
-    b, f = pixels.shape[:2]
-    flat = pixels.reshape(b * f, *pixels.shape[2:]).permute(0, 3, 1, 2)
-    lat = vm.vae.encode(flat).latent_dist.mean * vm.vae.config.scaling_factor
-    lat = lat.reshape(b, f, *lat.shape[1:]).permute(0, 2, 1, 3, 4)                      # (B, C, F, h, w)
+    encoded = data.encode_clips(vm, [data.Clip(tw.to_float(c.frames), c.caption) for c in clips], tw.SIZE, tw.SIZE)
+    lat = torch.stack([c.latents for c in encoded])                                     # (B, C, F, h, w)
+    b, f = lat.shape[0], lat.shape[2]
     alphas = _noise_schedule()
     true = sampling.encode_text(vm, [c.caption for c in clips], "cpu")
     g = torch.Generator().manual_seed(seed)
