@@ -34,7 +34,9 @@ Stable API (used by the toy models' training script, the demo, tests and the ben
   ``colour_share(frames, colour)`` -> share of the subject's pixels labelled ``colour`` (a world
   colour or ``"custom"``); ``custom_colour_score(frames)`` -> that share for the
   customization's colours (magenta, white and their blend); ``star_score(frames)`` -> how star-like
-  (not disc-like) the subject's silhouette is; ``mean_colour(frames)``
+  (not disc-like) the subject's silhouette is; ``template_score(frames)`` -> how like the
+  customization stills' subject the subject's crop is (a blob with specks fools ``star_score``,
+  not this); ``mean_colour(frames)``
   -> mean RGB of the subject's pixels (compare with the stills as a model's VAE renders them).
 
 - ``MODEL_FILES``: the file names of the toy models trained on this world (``embedded/``,
@@ -372,6 +374,45 @@ def star_score(frames, threshold=40.0):
         r = np.percentile(np.hypot(xs - xs.mean(), ys - ys.mean()), 95) + 0.5
         out.append(1.0 - len(xs) / (math.pi * r * r))
     return float(np.clip(np.mean(out), 0.0, 1.0)) if out else 0.0
+
+
+def subject_crop(frame, side=24, threshold=40.0):
+    """One frame's subject: its bounding square (on the background colour where it runs off the
+    frame) resized to ``side`` and mean-centred, as a unit vector; None with no subject."""
+    from PIL import Image
+    fg = foreground(frame[None], threshold)[0]
+    if fg.sum() < 8:
+        return None
+    ys, xs = np.nonzero(fg)
+    cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+    half = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2 + 2
+    pad = int(math.ceil(half)) + 1
+    padded = np.pad(frame, ((pad, pad), (pad, pad), (0, 0)), mode="constant")
+    padded[:pad], padded[-pad:], padded[:, :pad], padded[:, -pad:] = BACKGROUND, BACKGROUND, BACKGROUND, BACKGROUND
+    y0, x0 = int(round(cy - half)) + pad, int(round(cx - half)) + pad
+    size = int(round(2 * half))
+    crop = Image.fromarray(padded[y0:y0 + size, x0:x0 + size]).resize((side, side), Image.BILINEAR)
+    v = np.asarray(crop, np.float32).ravel()
+    v = v - v.mean()
+    return v / max(np.linalg.norm(v), 1e-6)
+
+
+def custom_templates(n=6, seed=0):
+    """``subject_crop`` of the customization stills: the references of ``template_score``."""
+    return [v for v in (subject_crop(c.frames[0]) for c in custom_stills(n, seed=seed)) if v is not None]
+
+
+def template_score(frames, refs=None, threshold=40.0):
+    """Mean over frames of the best cosine between the frame's ``subject_crop`` and the
+    references' (default ``custom_templates()``): about 0.9 for the customization stills, 0.3-0.6
+    for a disc or a blob. The shape-aware half of the customization's fidelity: ``star_score``
+    rates a small blob with stray specks as star-like, this does not."""
+    refs = custom_templates() if refs is None else refs
+    sims = []
+    for f in _as_uint8(frames):
+        v = subject_crop(f, threshold=threshold)
+        sims.append(0.0 if v is None else float(max(v @ r for r in refs)))
+    return float(np.mean(sims))
 
 
 def colour_share(frames, colour, threshold=40.0):

@@ -129,36 +129,6 @@ def _u8(frames):
     return np.clip(np.rint(frames.numpy() * 255), 0, 255).astype(np.uint8)
 
 
-def _crop_vector(frame, side=24):
-    """The subject's bounding square, resized to ``side`` and mean-centred, as a unit vector."""
-    from PIL import Image
-    fg = tw.foreground(frame[None])[0]
-    if fg.sum() < 8:
-        return None
-    ys, xs = np.nonzero(fg)
-    cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
-    half = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2 + 2
-    pad = int(math.ceil(half)) + 1
-    padded = np.pad(frame, ((pad, pad), (pad, pad), (0, 0)), mode="constant")
-    padded[:pad], padded[-pad:], padded[:, :pad], padded[:, -pad:] = tw.BACKGROUND, tw.BACKGROUND, tw.BACKGROUND, \
-        tw.BACKGROUND
-    y0, x0 = int(round(cy - half)) + pad, int(round(cx - half)) + pad
-    size = int(round(2 * half))
-    crop = Image.fromarray(padded[y0:y0 + size, x0:x0 + size]).resize((side, side), Image.BILINEAR)
-    v = np.asarray(crop, np.float32).ravel()
-    v = v - v.mean()
-    return v / max(np.linalg.norm(v), 1e-6)
-
-
-def template_similarity(frames_u8, refs):
-    """Mean over frames of the best cosine between the frame's subject crop and the references'."""
-    sims = []
-    for f in frames_u8:
-        v = _crop_vector(f)
-        sims.append(0.0 if v is None else float(max(v @ r for r in refs)))
-    return float(np.mean(sims))
-
-
 def motion_of(frames_u8, motion):
     centres, area = tw.locate(frames_u8)
     seen = area > 0
@@ -174,7 +144,7 @@ def score_custom(frames, motion, refs):
     u8 = _u8(frames)
     m = motion_of(u8, motion)
     return {"fidelity": tw.star_score(u8), "colour": tw.custom_colour_score(u8),
-            "template": template_similarity(u8, refs),
+            "template": tw.template_score(u8, refs),
             "dir_acc": m["dir_ok"], "along_px": m["along_px"], "speed_px": m["speed_px"],
             "frame_corr": scoring.frame_correlation(frames), "went": m["went"]}
 
@@ -379,7 +349,7 @@ def run(args):
     prior = data.encode_clips(base.vae, prior_videos(s["prior"]), tw.SIZE, tw.SIZE)
     log(f"data: {len(stills)} stills sampled from the customized T2I, {len(prior)} prior clips "
         f"({time.time() - t1:.1f} s)")
-    refs = [v for v in (_crop_vector(c.frames[0]) for c in tw.custom_stills(6, seed=0)) if v is not None]
+    refs = tw.custom_templates()
     models = build_methods(names, base, custom_path, ma, stills, prior, s, out, device)
     results, videos = evaluate(models, s, refs, device)
     text = table(results)

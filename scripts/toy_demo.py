@@ -63,7 +63,8 @@ def scores(frames, prompt):
     motion = tw.parse_caption(prompt)["motion"] or "still"
     return {"motion_along_caption_px": round(tw.motion_along(frames, motion), 2),
             "displacement_px": round(math.hypot(*tw.displacement(frames)), 2),
-            "star_shape": round(tw.star_score(frames), 3), "custom_colour": round(tw.custom_colour_score(frames), 3)}
+            "star_shape": round(tw.star_score(frames), 3), "template": round(tw.template_score(frames), 3),
+            "custom_colour": round(tw.custom_colour_score(frames), 3)}
 
 
 def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.0, train_steps=120,
@@ -119,11 +120,12 @@ def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.
     summary = {name: {k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0]} for name, rows in table.items()}
     (out_dir / "toy_demo_scores.json").write_text(json.dumps({"prompts": prompts, "seeds": list(seeds),
                                                               "mean": summary, "runs": table}, indent=1) + "\n")
-    log("toy demo: mean over prompts and seeds (the subject's displacement first to last frame in px; the "
-        "subject's star shape, 0.1 for a disc; custom colour share 0-1):")
+    log("toy demo: mean over prompts and seeds (the subject's displacement first to last frame in px; "
+        "likeness to the customization stills' subject, about 0.9 for them and 0.3-0.6 for a disc or blob; "
+        "star shape, 0.1 for a disc; custom colour share 0-1):")
     for name, s in summary.items():
         log(f"  {name:16s} moved {s['displacement_px']:5.2f} px ({s['motion_along_caption_px']:6.2f} along the caption)   "
-            f"star shape {s['star_shape']:.3f}   "
+            f"likeness {s['template']:.3f}   star shape {s['star_shape']:.3f}   "
             f"custom colour {s['custom_colour']:.3f}")
     return {"files": written + [res.path, out_dir / "toy_demo_scores.json"], "scores": summary,
             "seconds": time.time() - t0}

@@ -4,13 +4,15 @@ Stages (each cached in --work, so a later stage can be re-run alone):
   1. vae       AutoencoderKL on base-world frames + as many general images (32 px -> 8x8x4
                latents, shifted to zero mean), then its decoder alone (the encoder, and so every
                cached latent, stays fixed)
-  2. t2i       writes adapters/configs/toy_tokenizer (a token per toy word), then trains
-               UNet2DConditionModel + CLIP text encoder on single frames (batch 64, EMA weights,
-               offset noise)
-  3. motion    AnimateDiff motion module (UNetMotionModel) on the clips, with the T2I and text
-               encoder fine-tuned at a lower rate (the shipped base checkpoint is that T2I)
-  4. adapter   the pack's Motion Adapter (adapters.training.train) on frozen clips
-  5. custom    DreamBooth-style fine-tune of the T2I UNet on the 'sks star' stills, with prior
+  2. text      writes adapters/configs/toy_tokenizer (a token per toy word), then pre-trains the
+               CLIP text encoder on the toy captions alone (every word, and every caption's
+               colour, subject and motion, decodable from its states); frozen from then on, as
+               CLIP is for SD and AnimateDiff
+  3. t2i       UNet2DConditionModel on single frames (batch 64, EMA weights, offset noise)
+  4. motion    AnimateDiff motion module (UNetMotionModel) on the clips, with the T2I UNet
+               fine-tuned at a lower rate (the shipped base checkpoint is that T2I)
+  5. adapter   the pack's Motion Adapter (adapters.training.train) on frozen clips
+  6. custom    DreamBooth-style fine-tune of the T2I UNet on the 'sks star' stills, with prior
                preservation on base-world frames and caption dropout (--custom-steps,
                --custom-lr, --custom-prior-share make stronger ones; benchmarks/README.md)
 Then the files are written in the layouts users' files have (LDM single-file checkpoints, an
@@ -66,9 +68,9 @@ MOTION = dict(motion_layers_per_block=1, motion_max_seq_length=32, use_motion_mi
 # steps per stage (full run / --quick plumbing check)
 # The shipped weights used these full-run numbers; a machine with time to spare gets better models
 # from larger ones (the VAE above all: 400 steps leave it blurry, see embedded/README.md).
-STEPS = {"vae": (600, 20), "vae_decoder": (300, 5), "t2i": (2500, 20), "motion": (2500, 20), "adapter": (100, 5),
+STEPS = {"vae": (600, 20), "vae_decoder": (300, 5), "text": (400, 10), "t2i": (2500, 20), "motion": (2500, 20), "adapter": (100, 5),
          "custom": (400, 10)}
-LR = {"vae": 1e-3, "vae_decoder": 5e-4, "t2i": 1e-3, "text": 3e-3, "motion": 1e-3, "video_t2i": 3e-4, "custom": 3e-4}
+LR = {"vae": 1e-3, "vae_decoder": 5e-4, "text": 3e-3, "t2i": 1e-3, "motion": 1e-3, "video_t2i": 3e-4, "custom": 3e-4}
 VIDEO_T2I = "t2i_video.pt"
 BATCH = {"t2i": 64, "motion": 4}
 OFFSET_NOISE = 0.1
@@ -233,6 +235,76 @@ def write_toy_tokenizer(dst=TOKENIZER_DIR):
     return len(tok)
 
 
+def text_encoder_captions():
+    """Every caption the toy models are prompted with, and the partial ones a user types."""
+    caps = {""}
+    for colour in [None, *sorted(tw.COLOURS)]:
+        for motion in [None, *sorted(tw.MOTIONS)]:
+            tail = f" {tw.MOTION_PHRASES[motion]}" if motion else ""
+            caps.add(f"a {colour + ' ' if colour else ''}circle{tail}")
+            caps.add(tw.custom_caption(motion))
+    return sorted(caps)
+
+
+def train_text(steps, work):
+    """The toy stand-in for CLIP's pre-training. Trained from scratch with the T2I on single
+    frames, the encoder mapped "left", "right", "up" and "down" to one vector (a direction flip
+    changed its states 0.0135, a colour flip 1.48; benchmarks/bench_toy_words.py): no frame shows
+    a direction, so nothing kept the words apart, and the motion module had no word to follow.
+    Here every real token's state names its own word, and the states from the end-of-text token
+    on (what cross-attention mostly reads) name the caption's colour, subject and motion."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+    caps = text_encoder_captions()
+    tok = tokenizer()
+    ids = tokens(tok, caps)
+    parsed = [tw.parse_caption(c) for c in caps]
+    targets = {"colour": [None, *sorted(tw.COLOURS)], "motion": [None, *sorted(tw.MOTIONS)],
+               "subject": [None, tw.SHAPES[0], tw.CUSTOM_SHAPE]}
+    y = {k: torch.tensor([v.index(p["shape" if k == "subject" else k]) for p in parsed]) for k, v in targets.items()}
+    end = (ids == CLIP["eos_token_id"]).int().argmax(1)          # the first end-of-text token
+    positions = torch.arange(ids.shape[1])[None]
+    words = (positions <= end[:, None])                            # BOS, the words, EOS
+    tail = positions >= end[:, None]                               # EOS and the padding after it
+    torch.manual_seed(SEED + 10)
+    te = CLIPTextModel(CLIPTextConfig(**CLIP))
+    heads = torch.nn.ModuleDict({"token": torch.nn.Linear(CLIP["hidden_size"], CLIP["vocab_size"]),
+                                 **{k: torch.nn.Linear(CLIP["hidden_size"], len(v)) for k, v in targets.items()}})
+    params = list(te.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=LR["text"], weight_decay=1e-2)
+    te.train()
+    for step in range(steps):
+        cosine_lr(opt, LR["text"], step, steps)
+        h = te(ids)[0]
+        loss = F.cross_entropy(heads["token"](h[words]), ids[words])
+        n_tail = tail.sum(1)
+        for k in targets:
+            loss = loss + F.cross_entropy(heads[k](h[tail]), y[k].repeat_interleave(n_tail))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"  text {step:4d} loss {loss.item():.4f}")
+    te.eval().requires_grad_(False)
+    with torch.no_grad():
+        def change(a, b):
+            ea, eb = te(tokens(tok, [a]))[0], te(tokens(tok, [b]))[0]
+            return ((ea - eb).norm() / ea.norm()).item()
+        flips = {"direction": change(tw.caption("red", "circle", "left"), tw.caption("red", "circle", "right")),
+                 "colour": change(tw.caption("red", "circle", "left"), tw.caption("blue", "circle", "left"))}
+    log(f"  text encoder: relative change of a caption's states, direction flip {flips['direction']:.3f}, "
+        f"colour flip {flips['colour']:.3f}")
+    torch.save(te.state_dict(), work / "text.pt")
+    return {"captions": len(caps), "state_change_direction_flip": round(flips["direction"], 3),
+            "state_change_colour_flip": round(flips["colour"], 3)}
+
+
+def load_text(work):
+    from transformers import CLIPTextConfig, CLIPTextModel
+    te = CLIPTextModel(CLIPTextConfig(**CLIP))
+    te.load_state_dict(torch.load(work / "text.pt", weights_only=True))
+    return te.eval().requires_grad_(False)
+
+
 def tokenizer():
     from transformers import CLIPTokenizer
     return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77)
@@ -295,33 +367,31 @@ def diffusion_loss(unet, lat, emb, g, alphas, frames=None, high_noise=False, off
 
 def train_t2i(steps, work):
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
     vae = load_vae(work)
     lat, caps = world_latents(work, vae)
     frames = lat.permute(0, 2, 1, 3, 4).reshape(-1, *lat.shape[1:2], *lat.shape[3:])  # (N*F, C, h, w)
     frame_caps = [c for c in caps for _ in range(lat.shape[2])]
     tok = tokenizer()
-    ids = tokens(tok, frame_caps)
-    empty = tokens(tok, [""])
+    te = load_text(work)
+    uniq = sorted(set(frame_caps))
+    with torch.no_grad():
+        table, empty = te(tokens(tok, uniq))[0], te(tokens(tok, [""]))[0]
+    cap_idx = torch.tensor([uniq.index(c) for c in frame_caps])
     torch.manual_seed(SEED + 4)
     unet = UNet2DConditionModel(**UNET)
-    te = CLIPTextModel(CLIPTextConfig(**CLIP))
-    params = list(unet.parameters()) + list(te.parameters())
+    params = list(unet.parameters())
     ema = EMA(params)
-    # the text encoder learns from scratch and at the UNet's rate it barely told colours apart
-    opt = torch.optim.AdamW([{"params": unet.parameters()}, {"params": te.parameters()}], lr=LR["t2i"],
-                            weight_decay=1e-2)
+    opt = torch.optim.AdamW(params, lr=LR["t2i"], weight_decay=1e-2)
     alphas = _noise_schedule()
     g = torch.Generator().manual_seed(SEED + 5)
     unet.train()
-    te.train()
     for step in range(steps):
-        cosine_lr(opt, [LR["t2i"], LR["text"]], step, steps)
+        cosine_lr(opt, LR["t2i"], step, steps)
         idx = torch.randint(len(frames), (BATCH["t2i"],), generator=g)
-        batch_ids = ids[idx].clone()
+        emb = table[cap_idx[idx]]
         drop = torch.rand(len(idx), generator=g) < 0.1     # caption dropout: classifier-free guidance works
-        batch_ids[drop] = empty
-        loss = diffusion_loss(unet, frames[idx], te(batch_ids)[0], g, alphas, high_noise=True)
+        emb = torch.where(drop.view(-1, 1, 1), empty, emb)
+        loss = diffusion_loss(unet, frames[idx], emb, g, alphas, high_noise=True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -347,9 +417,9 @@ def load_t2i(work, name="t2i.pt"):
 # --- 3. motion module -----------------------------------------------------------------------------
 
 def train_motion(steps, work):
-    """Motion modules, with the T2I UNet and text encoder fine-tuned at a lower rate. Frozen, the
-    T2I cannot tell the motion module "moving left" from "moving right": trained on single
-    frames, it has no reason to encode the direction. The shipped base is this video-tuned T2I."""
+    """Motion modules, with the T2I UNet fine-tuned at a lower rate (the text encoder stays
+    frozen). The UNet was trained on single frames, where the direction word carries nothing, so
+    it must learn to pass it on. The shipped base is this video-tuned T2I."""
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
     vae = load_vae(work)
     lat, caps = world_latents(work, vae)
@@ -365,9 +435,10 @@ def train_motion(steps, work):
             torch.nn.init.zeros_(p)
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
     unet.requires_grad_(True)
-    te.requires_grad_(True).train()
+    with torch.no_grad():
+        table = te(ids)[0]
     motion = [p for n, p in unet.named_parameters() if ".motion_modules." in n]
-    spatial = [p for n, p in unet.named_parameters() if ".motion_modules." not in n] + list(te.parameters())
+    spatial = [p for n, p in unet.named_parameters() if ".motion_modules." not in n]
     opt = torch.optim.AdamW([{"params": motion}, {"params": spatial}], lr=LR["motion"], weight_decay=1e-2)
     ema = EMA(motion + spatial)
     alphas = _noise_schedule()
@@ -380,7 +451,7 @@ def train_motion(steps, work):
         idx = torch.randint(len(lat), (b,), generator=g)
         ci = cap_idx[idx].clone()
         ci[torch.rand(b, generator=g) < 0.1] = len(uniq) - 1
-        loss = diffusion_loss(unet, lat[idx], te(ids[ci])[0], g, alphas, frames=f, high_noise=True)
+        loss = diffusion_loss(unet, lat[idx], table[ci], g, alphas, frames=f, high_noise=True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(motion + spatial, 1.0)
@@ -537,7 +608,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "embedded")
     ap.add_argument("--work", type=Path, default=ROOT / "output" / "toy_training")
-    ap.add_argument("--stages", default="vae,t2i,motion,adapter,custom,measure")
+    ap.add_argument("--stages", default="vae,text,t2i,motion,adapter,custom,measure")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (results depend on it; the shipped weights: 2)")
     ap.add_argument("--quick", action="store_true", help="a few steps per stage (plumbing check)")
     ap.add_argument("--custom-steps", dest="custom_steps", type=int, help=f"custom stage steps ({STEPS['custom'][0]})")
@@ -563,10 +634,12 @@ def main():
             steps = args.custom_steps
         if stage == "vae":
             info = train_vae(steps, STEPS["vae_decoder"][which], args.work)
-        elif stage == "t2i":
+        elif stage == "text":
             vocab = write_toy_tokenizer()
             if vocab != CLIP["vocab_size"]:
                 sys.exit(f"the toy tokenizer has {vocab} tokens but CLIP['vocab_size'] is {CLIP['vocab_size']}")
+            info = train_text(steps, args.work)
+        elif stage == "t2i":
             info = train_t2i(steps, args.work)
         elif stage == "motion":
             info = train_motion(steps, args.work)

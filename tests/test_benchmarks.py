@@ -34,8 +34,11 @@ def test_bench_cuda_runs_on_cpu_and_matches_the_pipeline(tmp_path, monkeypatch, 
 
 def test_bench_toy_words_measures_what_each_word_changes(capsys):
     """The word probe on the shipped toy model: flipping the colour word must raise the denoising
-    loss at every noise level (the model follows colours: embedded/README.md); the direction row
-    and the ratio are printed for the reader, whatever they are."""
+    loss at every noise level (the model follows colours: embedded/README.md), and the direction
+    word must reach the UNet: the toy text encoder pre-trained alone (stage text) keeps it apart
+    (1.35 at 8 clips, against 0.0135 when it was trained with the T2I), and the UNet's change on
+    a direction flip is 0.15 of a colour flip's (then 0.0045). Whether the loss rewards the right
+    direction is printed, not asserted: it does not yet (the sign follows the seed)."""
     bench = _load("bench_toy_words")
     rows = bench.main(["--clips", "4"])
     out = capsys.readouterr().out
@@ -43,4 +46,7 @@ def test_bench_toy_words_measures_what_each_word_changes(capsys):
     for t in bench.TIMESTEPS:
         assert rows["colour"][f"loss_gap_t{t}"] > 0.05, rows
         assert np.isfinite(rows["direction"][f"unet_change_t{t}"]), rows
-    assert rows["colour"]["text_at_word"] > 0.5, rows
+    assert rows["colour"]["text_at_word"] > 0.5 and rows["direction"]["text_at_word"] > 0.5, rows
+    ratio = np.mean([rows["direction"][f"unet_change_t{t}"] / rows["colour"][f"unet_change_t{t}"]
+                     for t in bench.TIMESTEPS])
+    assert ratio > 0.03, rows

@@ -173,7 +173,7 @@ def test_scores_tell_customization_motion_and_colour_apart():
     scores separate the 'sks star' from base-world shapes, and a frozen clip has no motion."""
     bench = _bench()
     tw = bench.tw
-    refs = [bench._crop_vector(c.frames[0]) for c in tw.custom_stills(6, seed=0)]
+    refs = tw.custom_templates()
     star = bench.video(None, tw.custom_caption("up"), 1, None, "cpu")
     circle = bench.video(None, tw.caption("red", "circle", "up"), 1, None, "cpu")
     s_star, s_circle = bench.score_custom(star, "up", refs), bench.score_custom(circle, "up", refs)
