@@ -46,6 +46,7 @@ Stable API (used by the toy models' training script, the demo, tests and the ben
 Frames are float-free uint8 here; ``to_float(frames)`` gives the pack's (F, H, W, 3) float32
 in [0, 1] (ComfyUI's IMAGE layout, ``adapters.data.Clip``).
 """
+import functools
 import math
 import random
 from dataclasses import dataclass, field
@@ -397,9 +398,11 @@ def subject_crop(frame, side=24, threshold=40.0):
     return v / max(np.linalg.norm(v), 1e-6)
 
 
+@functools.lru_cache(maxsize=4)
 def custom_templates(n=6, seed=0):
-    """``subject_crop`` of the customization stills: the references of ``template_score``."""
-    return [v for v in (subject_crop(c.frames[0]) for c in custom_stills(n, seed=seed)) if v is not None]
+    """``subject_crop`` of the customization stills: the references of ``template_score``
+    (rendered once, not for every video scored)."""
+    return tuple(v for v in (subject_crop(c.frames[0]) for c in custom_stills(n, seed=seed)) if v is not None)
 
 
 def template_score(frames, refs=None, threshold=40.0):

@@ -265,6 +265,7 @@ def train_text(steps, work):
     positions = torch.arange(ids.shape[1])[None]
     words = (positions <= end[:, None])                            # BOS, the words, EOS
     tail = positions >= end[:, None]                               # EOS and the padding after it
+    n_tail = tail.sum(1)
     torch.manual_seed(SEED + 10)
     te = CLIPTextModel(CLIPTextConfig(**CLIP))
     heads = torch.nn.ModuleDict({"token": torch.nn.Linear(CLIP["hidden_size"], CLIP["vocab_size"]),
@@ -276,7 +277,6 @@ def train_text(steps, work):
         cosine_lr(opt, LR["text"], step, steps)
         h = te(ids)[0]
         loss = F.cross_entropy(heads["token"](h[words]), ids[words])
-        n_tail = tail.sum(1)
         for k in targets:
             loss = loss + F.cross_entropy(heads[k](h[tail]), y[k].repeat_interleave(n_tail))
         opt.zero_grad(set_to_none=True)
@@ -303,6 +303,15 @@ def load_text(work):
     te = CLIPTextModel(CLIPTextConfig(**CLIP))
     te.load_state_dict(torch.load(work / "text.pt", weights_only=True))
     return te.eval().requires_grad_(False)
+
+
+def caption_table(te, tok, captions):
+    """The frozen encoder's states of each distinct caption, once: (table, the empty prompt's
+    states, each caption's row in the table)."""
+    uniq = sorted(set(captions))
+    with torch.no_grad():
+        table, empty = te(tokens(tok, uniq))[0], te(tokens(tok, [""]))[0]
+    return table, empty, torch.tensor([uniq.index(c) for c in captions])
 
 
 def tokenizer():
@@ -373,10 +382,7 @@ def train_t2i(steps, work):
     frame_caps = [c for c in caps for _ in range(lat.shape[2])]
     tok = tokenizer()
     te = load_text(work)
-    uniq = sorted(set(frame_caps))
-    with torch.no_grad():
-        table, empty = te(tokens(tok, uniq))[0], te(tokens(tok, [""]))[0]
-    cap_idx = torch.tensor([uniq.index(c) for c in frame_caps])
+    table, empty, cap_idx = caption_table(te, tok, frame_caps)
     torch.manual_seed(SEED + 4)
     unet = UNet2DConditionModel(**UNET)
     params = list(unet.parameters())
@@ -523,10 +529,7 @@ def train_custom(steps, work, lr=LR["custom"], prior_share=0.5):
     tok = tokenizer()
     with torch.no_grad():
         custom_emb = te(tokens(tok, [tw.CUSTOM_CLASS_CAPTION]))[0]
-        uniq = sorted(set(caps))
-        table = te(tokens(tok, uniq))[0]
-        empty = te(tokens(tok, [""]))[0]
-    prior_idx = torch.tensor([uniq.index(c) for c in caps])
+    table, empty, prior_idx = caption_table(te, tok, caps)
     torch.manual_seed(SEED + 8)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
     n_prior = round(8 * prior_share)

@@ -1,8 +1,24 @@
-"""Tiny random models written to disk in the users' real layouts, shared by the whole suite."""
+"""Tiny random models written to disk in the users' real layouts, shared by the whole suite; and
+the loader for the repository's scripts (benchmarks/, scripts/), which are not a package."""
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
 from adapters import export, random_models
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script(relpath):
+    """A script of the repository (e.g. "benchmarks/bench_toy_words.py") imported as a module."""
+    path = REPO / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class TinyFiles:

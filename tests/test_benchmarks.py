@@ -1,19 +1,14 @@
 """Benchmark scripts run in CI at a small setting so they do not rot: the CUDA benchmark's code
 paths on the CPU (it must work in the rare sessions that have a GPU), and the toy-word probe."""
-import importlib.util
 import re
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from model_files import load_script
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"benchmarks/{name}.py")
 
 
 def test_bench_cuda_runs_on_cpu_and_matches_the_pipeline(tmp_path, monkeypatch, capsys):

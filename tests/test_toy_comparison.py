@@ -4,11 +4,9 @@ and the benchmark command's quick setting end to end (a complete, finite table a
 Not the paper's claims: those are measured by the benchmark's full setting and reported in
 benchmarks/README.md.
 """
-import importlib.util
 import json
 import math
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from adapters import export, inject, loading, random_models, sampling, toyworld 
 from adapters.fullweights import FULL, FullDelta
 from adapters.lowrank import MOTION, LowRankAdapter, motion_fingerprint
 
-REPO = Path(__file__).resolve().parent.parent
+from model_files import load_script
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +95,7 @@ def test_full_weights_kind_trains_with_the_one_loop_and_resumes_exactly(models, 
 # --- the benchmark command --------------------------------------------------------------------
 
 def _bench():
-    path = REPO / "benchmarks" / "bench_toy_comparison.py"
-    spec = importlib.util.spec_from_file_location("bench_toy_comparison", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_toy_comparison.py")
 
 
 def write_toy_models(folder, bench):

@@ -13,6 +13,8 @@ import torch
 from adapters import inject, loading, sampling, toyworld as tw, training
 from adapters.lowrank import LowRankAdapter
 
+from model_files import load_script
+
 EMBEDDED = Path(__file__).resolve().parent.parent / "embedded"
 FILES = tw.MODEL_FILES
 
@@ -102,11 +104,7 @@ def test_text_stage_keeps_direction_words_apart(tmp_path):
     change as much when its direction word is flipped as when its colour is. Trained with the T2I
     on single frames instead, the direction flip changed them 0.0135 against the colour's 1.48
     (benchmarks/bench_toy_words.py), and the motion module had no word to follow."""
-    import importlib.util
-    path = EMBEDDED.parent / "scripts" / "train_toy_models.py"
-    spec = importlib.util.spec_from_file_location("train_toy_models", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/train_toy_models.py")
     torch.set_num_threads(2)
     info = script.train_text(80, tmp_path)
     assert info["state_change_direction_flip"] > 0.3, info
