@@ -14,6 +14,13 @@ It prints ``RATIO direction/colour`` for the UNet's change: near 0 means the mod
 hear the direction word at all; a model that follows the caption's direction needs it well
 above 0.
 
+It also asks whether the video UNet knows the arrow of time: it runs the same noisy clips with
+their frames reversed (and, as the reference, shuffled) and compares the prediction, put back
+in order, with the one for the clips as they are. Without words the toy world is symmetric in
+time (a "left" clip played backwards is a "right" clip), so the arrow can only come from the
+caption; a ``reverse`` change far below the ``shuffle`` change means the model treats a clip
+and its reverse alike, and then nothing but the noise can pick left over right.
+
     python benchmarks/bench_toy_words.py [--base F --motion F] [--clips 24]
 """
 import argparse
@@ -81,7 +88,27 @@ def measure(vm, n_clips=24, seed=0):
             lw = ((pred - noises[t]) ** 2).mean().item()
             row[f"loss_gap_t{t}"] = (lw - lt) / lt
         rows[word] = row
+    rows["frame order"] = frame_order(vm, lat, true, noises, alphas)
     return rows
+
+
+@torch.no_grad()
+def frame_order(vm, lat, emb, noises, alphas, seed=0):
+    """Relative change of the UNet's prediction when the frames go in reversed / shuffled (the
+    prediction is put back in the clips' order before comparing)."""
+    b, f = lat.shape[0], lat.shape[2]
+    perm = torch.randperm(f, generator=torch.Generator().manual_seed(seed + 1))
+    orders = {"reverse": torch.arange(f - 1, -1, -1), "shuffle": perm}
+    row = {}
+    for t in TIMESTEPS:
+        a = alphas[t]
+        noisy = a.sqrt() * lat + (1 - a).sqrt() * noises[t]
+        ts, e = torch.full((b,), t), emb.repeat_interleave(f, 0)
+        base = vm.unet(noisy, ts, encoder_hidden_states=e).sample
+        for name, order in orders.items():
+            pred = vm.unet(noisy[:, :, order], ts, encoder_hidden_states=e).sample[:, :, torch.argsort(order)]
+            row[f"{name}_t{t}"] = ((pred - base).norm() / base.norm()).item()
+    return row
 
 
 def main(argv=None):
@@ -97,12 +124,18 @@ def main(argv=None):
     print(f"{len(FLIP)} flips x {args.clips} world clips; {args.base.name} + {args.motion.name}")
     print(f"{'word flipped':14s} {'text@word':>10s} " + " ".join(f"{'unet t=' + str(t):>12s}" for t in TIMESTEPS)
           + " " + " ".join(f"{'loss+ t=' + str(t):>12s}" for t in TIMESTEPS))
-    for word, r in rows.items():
+    for word in FLIP:
+        r = rows[word]
         print(f"{word:14s} {r['text_at_word']:10.4f} "
               + " ".join(f"{r[f'unet_change_t{t}']:12.5f}" for t in TIMESTEPS) + " "
               + " ".join(f"{100 * r[f'loss_gap_t{t}']:11.3f}%" for t in TIMESTEPS))
     ratio = np.mean([rows["direction"][f"unet_change_t{t}"] / rows["colour"][f"unet_change_t{t}"] for t in TIMESTEPS])
     print(f"RATIO direction/colour UNet change (mean over t): {ratio:.4f}")
+    fo = rows["frame order"]
+    print("frames reversed / shuffled, UNet change at t=" + "/".join(map(str, TIMESTEPS)) + ": "
+          + " ".join(f"{fo[f'reverse_t{t}']:.4f}/{fo[f'shuffle_t{t}']:.4f}" for t in TIMESTEPS))
+    arrow = np.mean([fo[f"reverse_t{t}"] / fo[f"shuffle_t{t}"] for t in TIMESTEPS])
+    print(f"ARROW reversed/shuffled UNet change (mean over t): {arrow:.4f}")
     return rows
 
 

@@ -33,7 +33,9 @@ def test_bench_toy_words_measures_what_each_word_changes(capsys):
     word must reach the UNet: the toy text encoder pre-trained alone (stage text) keeps it apart
     (1.35 at 8 clips, against 0.0135 when it was trained with the T2I), and the UNet's change on
     a direction flip is 0.15 of a colour flip's (then 0.0045). Whether the loss rewards the right
-    direction is printed, not asserted: it does not yet (the sign follows the seed)."""
+    direction is printed, not asserted: it does not yet (the sign follows the seed). The frame
+    order probe must see the motion module at work (shuffled frames change the prediction: 0.20
+    at t = 300 on 8 clips); how little reversed frames change it is printed (ARROW)."""
     bench = _load("bench_toy_words")
     rows = bench.main(["--clips", "4"])
     out = capsys.readouterr().out
@@ -45,3 +47,7 @@ def test_bench_toy_words_measures_what_each_word_changes(capsys):
     ratio = np.mean([rows["direction"][f"unet_change_t{t}"] / rows["colour"][f"unet_change_t{t}"]
                      for t in bench.TIMESTEPS])
     assert ratio > 0.03, rows
+    assert "ARROW reversed/shuffled" in out, out
+    order = rows["frame order"]
+    assert all(np.isfinite(v) and v >= 0 for v in order.values()), order
+    assert order["shuffle_t300"] > 0.05, order
