@@ -34,6 +34,9 @@ Scores (per video, then the mean over prompts x seeds):
   dir_acc       share of videos whose subject moves the way the caption says ("sks" prompts)
   along_px      the subject's displacement along the caption's direction, first to last frame
                 (truth: 9-12 px over 8 frames at 32 px)
+  travel_px     how far the subject's centre got, first to last frame, any direction (the toy
+                model picks the sign of a sideways or vertical path from the seed, which
+                along_px averages away; a subject that wobbles in place has speed, not travel)
   speed_px      mean step of the subject's centre per frame, any direction
   frame_corr    mean correlation of consecutive frames (temporal consistency; 1 = frozen)
   colour_acc    base-world prompts ("a red circle moving left") on the customized model: share of
@@ -74,8 +77,9 @@ TRAINED = {"interleaved", "interleaved_full", "still_moving", "no_motion_adapter
 CUSTOM_MOTIONS = ("left", "right", "up", "down")
 BASE_PROMPTS = (("red", "circle", "left"), ("blue", "circle", "right"), ("green", "circle", "up"),
                 ("yellow", "circle", "down"))
-COLUMNS = ("fidelity", "colour", "template", "dir_acc", "along_px", "speed_px", "frame_corr", "colour_acc", "base_dir_acc",
-           "leak")
+CUSTOM_COLUMNS = ("fidelity", "colour", "template", "dir_acc", "along_px", "travel_px", "speed_px", "frame_corr")
+BASE_COLUMNS = ("colour_acc", "base_dir_acc", "leak")
+COLUMNS = CUSTOM_COLUMNS + BASE_COLUMNS
 HIGHER_IS_BETTER = {"leak": False}
 SETTINGS = {  # full / quick
     "seeds": ((0, 1, 2), (0,)),
@@ -137,7 +141,8 @@ def motion_of(frames_u8, motion):
     dx, dy = (pts[-1] - pts[0]).tolist() if len(pts) > 1 else (0.0, 0.0)
     ux, uy = tw.MOTIONS[motion]
     went = scoring.direction_of(dx / tw.SIZE, dy / tw.SIZE)
-    return {"along_px": dx * ux + dy * uy, "speed_px": speed, "dir_ok": float(went == motion), "went": went}
+    return {"along_px": dx * ux + dy * uy, "travel_px": float(np.hypot(dx, dy)), "speed_px": speed,
+            "dir_ok": float(went == motion), "went": went}
 
 
 def score_custom(frames, motion, refs):
@@ -145,7 +150,7 @@ def score_custom(frames, motion, refs):
     m = motion_of(u8, motion)
     return {"fidelity": tw.star_score(u8), "colour": tw.custom_colour_score(u8),
             "template": tw.template_score(u8, refs),
-            "dir_acc": m["dir_ok"], "along_px": m["along_px"], "speed_px": m["speed_px"],
+            "dir_acc": m["dir_ok"], "along_px": m["along_px"], "travel_px": m["travel_px"], "speed_px": m["speed_px"],
             "frame_corr": scoring.frame_correlation(frames), "went": m["went"]}
 
 
@@ -216,8 +221,8 @@ def evaluate(models, s, refs, device):
                 frames = video(model, prompt, seed, s, device)
                 rows_b.append(dict(score_base(frames, colour, motion), prompt=prompt, seed=seed))
                 videos.setdefault(("base", name), frames)
-        agg = {k: float(np.mean([r[k] for r in rows_c])) for k in COLUMNS[:7]}
-        agg.update({k: float(np.mean([r[k] for r in rows_b])) for k in COLUMNS[7:]})
+        agg = {k: float(np.mean([r[k] for r in rows_c])) for k in CUSTOM_COLUMNS}
+        agg.update({k: float(np.mean([r[k] for r in rows_b])) for k in BASE_COLUMNS})
         agg["train_s"] = round(train_s, 1)
         results[name] = {"scores": agg, "custom_videos": rows_c, "base_videos": rows_b,
                          "sample_s": round(time.time() - t0, 1)}

@@ -160,6 +160,7 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
     assert truth["fidelity"] > 0.35 and truth["colour"] > 0.6 and truth["template"] > 0.85
     assert truth["colour_acc"] > 0.8
     assert tw.SPEED[0] * (tw.FRAMES - 1) <= truth["along_px"] <= tw.SPEED[1] * (tw.FRAMES - 1)
+    assert truth["travel_px"] >= truth["along_px"] - 1e-6
 
 
 def test_scores_tell_customization_motion_and_colour_apart():
@@ -176,7 +177,8 @@ def test_scores_tell_customization_motion_and_colour_apart():
     assert s_star["template"] > s_circle["template"] + 0.3
     assert s_star["went"] == s_circle["went"] == "up"
     frozen = bench.score_custom(star[:1].expand(8, -1, -1, -1), "up", refs)
-    assert frozen["dir_acc"] == 0 and frozen["along_px"] == 0 and frozen["speed_px"] == 0
+    assert frozen["dir_acc"] == 0 and frozen["along_px"] == 0 and frozen["speed_px"] == 0 and frozen["travel_px"] == 0
+    assert s_star["travel_px"] == pytest.approx(abs(s_star["along_px"]), abs=0.5) and s_star["travel_px"] > 8
     assert frozen["frame_corr"] == pytest.approx(1.0, abs=1e-5)
     base = bench.score_base(circle, "red", "up")
     assert base["colour_acc"] > 0.8 and bench.score_base(circle, "blue", "up")["colour_acc"] < 0.05
