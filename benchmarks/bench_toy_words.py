@@ -88,14 +88,14 @@ def measure(vm, n_clips=24, seed=0):
             lw = ((pred - noises[t]) ** 2).mean().item()
             row[f"loss_gap_t{t}"] = (lw - lt) / lt
         rows[word] = row
-    rows["frame order"] = frame_order(vm, lat, true, noises, alphas)
+    rows["frame order"] = frame_order(vm, lat, true, noises, alphas, base)
     return rows
 
 
 @torch.no_grad()
-def frame_order(vm, lat, emb, noises, alphas, seed=0):
-    """Relative change of the UNet's prediction when the frames go in reversed / shuffled (the
-    prediction is put back in the clips' order before comparing)."""
+def frame_order(vm, lat, emb, noises, alphas, base, seed=0):
+    """Relative change of the UNet's prediction (``base``: t -> the one in order) when the frames
+    go in reversed / shuffled (the prediction is put back in the clips' order before comparing)."""
     b, f = lat.shape[0], lat.shape[2]
     perm = torch.randperm(f, generator=torch.Generator().manual_seed(seed + 1))
     orders = {"reverse": torch.arange(f - 1, -1, -1), "shuffle": perm}
@@ -104,10 +104,9 @@ def frame_order(vm, lat, emb, noises, alphas, seed=0):
         a = alphas[t]
         noisy = a.sqrt() * lat + (1 - a).sqrt() * noises[t]
         ts, e = torch.full((b,), t), emb.repeat_interleave(f, 0)
-        base = vm.unet(noisy, ts, encoder_hidden_states=e).sample
         for name, order in orders.items():
             pred = vm.unet(noisy[:, :, order], ts, encoder_hidden_states=e).sample[:, :, torch.argsort(order)]
-            row[f"{name}_t{t}"] = ((pred - base).norm() / base.norm()).item()
+            row[f"{name}_t{t}"] = ((pred - base[t]).norm() / base[t].norm()).item()
     return row
 
 
