@@ -21,6 +21,11 @@ time (a "left" clip played backwards is a "right" clip), so the arrow can only c
 caption; a ``reverse`` change far below the ``shuffle`` change means the model treats a clip
 and its reverse alike, and then nothing but the noise can pick left over right.
 
+Last, where the sign is decided: from the same pure noise (the sampler's start), the clean clip
+the UNet implies at t = 999 and 700 (x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)), decoded, for each
+direction word. ``SEED_DECIDES``: the share of noises whose clip goes the same way for "left" and
+"right" (and for "up" and "down"): 1 when the noise alone picks the sign, 0 when the word does.
+
     python benchmarks/bench_toy_words.py [--base F --motion F] [--clips 24]
 """
 import argparse
@@ -110,11 +115,46 @@ def frame_order(vm, lat, emb, noises, alphas, base, seed=0):
     return row
 
 
+@torch.no_grad()
+def first_estimate(vm, n_noises=16, seed=0, timesteps=(999, 700)):
+    """Per t: each direction's mean travel along its caption (px) in the decoded x0 from pure
+    noise, the share of noises where opposite words give the same sign, and the share whose
+    travel is on the caption's axis."""
+    alphas = _noise_schedule()
+    words = list(FLIP["direction"])
+    size = tw.SIZE // vm.vae_scale
+    noise = torch.randn(n_noises, vm.unet.config.in_channels, tw.FRAMES, size, size,
+                        generator=torch.Generator().manual_seed(seed + 2))
+    vm.unet.eval()
+    rows = {}
+    for t in timesteps:
+        a = alphas[t]
+        moved = {}
+        for word in words:
+            emb = sampling.encode_text(vm, [tw.caption("red", "circle", word)], "cpu")
+            eps = vm.unet(noise, torch.full((n_noises,), t),
+                          encoder_hidden_states=emb.repeat(n_noises * tw.FRAMES, 1, 1)).sample
+            x0 = (noise - (1 - a).sqrt() * eps) / a.sqrt()
+            moved[word] = np.array([tw.displacement((sampling.decode(vm, x0[i:i + 1]).numpy() * 255).astype(np.uint8))
+                                    for i in range(n_noises)])                        # (n, 2): dx, dy
+        unit = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+        row = {f"along_{w}": float((moved[w] @ np.array(unit[w])).mean()) for w in words}
+        same = [np.sign(moved["left"][:, 0]) == np.sign(moved["right"][:, 0]),
+                np.sign(moved["up"][:, 1]) == np.sign(moved["down"][:, 1])]
+        row["seed_decides"] = float(np.mean(same))
+        axis = [abs(moved[w][:, 0]) > abs(moved[w][:, 1]) for w in ("left", "right")] + \
+               [abs(moved[w][:, 1]) > abs(moved[w][:, 0]) for w in ("up", "down")]
+        row["on_axis"] = float(np.mean(axis))
+        rows[t] = row
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", type=Path, default=ROOT / "embedded" / tw.MODEL_FILES["base"])
     ap.add_argument("--motion", type=Path, default=ROOT / "embedded" / tw.MODEL_FILES["motion"])
     ap.add_argument("--clips", type=int, default=24)
+    ap.add_argument("--noises", type=int, default=16, help="pure noises for the first-estimate probe")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -135,6 +175,13 @@ def main(argv=None):
           + " ".join(f"{fo[f'reverse_t{t}']:.4f}/{fo[f'shuffle_t{t}']:.4f}" for t in TIMESTEPS))
     arrow = np.mean([fo[f"reverse_t{t}"] / fo[f"shuffle_t{t}"] for t in TIMESTEPS])
     print(f"ARROW reversed/shuffled UNet change (mean over t): {arrow:.4f}")
+    rows["first estimate"] = first = first_estimate(vm, args.noises)
+    for t, r in first.items():
+        print(f"x0 from pure noise, t={t}: travel along the caption (px) "
+              + " ".join(f"{w} {r[f'along_{w}']:+.1f}" for w in FLIP["direction"])
+              + f"; on the caption's axis {r['on_axis']:.2f}")
+    print("SEED_DECIDES same sign for opposite words, t=" + "/".join(map(str, first)) + ": "
+          + "/".join(f"{r['seed_decides']:.2f}" for r in first.values()))
     return rows
 
 

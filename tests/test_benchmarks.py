@@ -35,9 +35,11 @@ def test_bench_toy_words_measures_what_each_word_changes(capsys):
     a direction flip is 0.15 of a colour flip's (then 0.0045). Whether the loss rewards the right
     direction is printed, not asserted: it does not yet (the sign follows the seed). The frame
     order probe must see the motion module at work (shuffled frames change the prediction: 0.20
-    at t = 300 on 8 clips); how little reversed frames change it is printed (ARROW)."""
+    at t = 300 on 8 clips); how little reversed frames change it is printed (ARROW). The first
+    estimate from pure noise must already travel on the caption's axis (0.88 on 4 noises, 0.91
+    on 16, at t = 700); which way along it is the seed's (SEED_DECIDES 0.97), printed."""
     bench = _load("bench_toy_words")
-    rows = bench.main(["--clips", "4"])
+    rows = bench.main(["--clips", "4", "--noises", "4"])
     out = capsys.readouterr().out
     assert "RATIO direction/colour UNet change" in out, out
     for t in bench.TIMESTEPS:
@@ -51,3 +53,8 @@ def test_bench_toy_words_measures_what_each_word_changes(capsys):
     order = rows["frame order"]
     assert all(np.isfinite(v) and v >= 0 for v in order.values()), order
     assert order["shuffle_t300"] > 0.05, order
+    assert "SEED_DECIDES" in out, out
+    first = rows["first estimate"]
+    assert set(first) == {999, 700}, first
+    assert all(0 <= r["seed_decides"] <= 1 and np.isfinite(list(r.values())).all() for r in first.values()), first
+    assert first[700]["on_axis"] > 0.6, first
