@@ -46,11 +46,15 @@ Scores (per video, then the mean over prompts x seeds):
   leak          the customization's star shape showing up in base-world prompts (star_score; lower
                 is better)
 
-Outputs (``--out``, a new folder each run): results.json, table.md, plot.png, grid_custom.png,
-grid_custom.gif, grid_base.png. ``--quick``: a cut-down setting for CI (a few steps).
+Outputs (``--out``, a new folder each run): results.json, table.md, paired.md, plot.png,
+grid_custom.png, grid_custom.gif, grid_base.png. ``--quick``: a cut-down setting for CI (a few
+steps). paired.md: each method against Still-Moving on the same prompt and seed, the mean
+difference and its standard error (the spread the means hide; 12 pairs in the full setting).
+``--report results.json`` prints both tables again from a saved run.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_toy_comparison.py            # shipped models in embedded/
     OMP_NUM_THREADS=1 python benchmarks/bench_toy_comparison.py --quick
+    python benchmarks/bench_toy_comparison.py --report output/toy_comparison/results.json
 """
 import argparse
 import json
@@ -81,6 +85,7 @@ CUSTOM_COLUMNS = ("fidelity", "colour", "template", "dir_acc", "along_px", "trav
 BASE_COLUMNS = ("colour_acc", "base_dir_acc", "leak")
 COLUMNS = CUSTOM_COLUMNS + BASE_COLUMNS
 HIGHER_IS_BETTER = {"leak": False}
+PAIRED_COLUMNS = ("template", "fidelity", "travel_px", "speed_px", "frame_corr", "colour_acc", "leak")
 SETTINGS = {  # full / quick
     "seeds": ((0, 1, 2), (0,)),
     "custom_motions": (CUSTOM_MOTIONS, ("left",)),
@@ -241,6 +246,37 @@ def table(results):
     return "\n".join(lines)
 
 
+def paired(results, ref="still_moving"):
+    """Each method minus ``ref`` on the same prompt and seed: {method: {column: (mean, standard
+    error, pairs)}}. The seeds are shared, so pairing removes most of the seed's own spread."""
+    ref = ref if ref in results else next(iter(results))
+    rows = {}
+    for name, r in results.items():
+        if name == ref:
+            continue
+        row = {}
+        for k in PAIRED_COLUMNS:
+            part = "custom_videos" if k in CUSTOM_COLUMNS else "base_videos"
+            mine = {(v["prompt"], v["seed"]): v[k] for v in r[part]}
+            theirs = {(v["prompt"], v["seed"]): v[k] for v in results[ref][part]}
+            d = np.array([mine[key] - theirs[key] for key in mine if key in theirs], dtype=float)
+            se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+            row[k] = (float(d.mean()), se, len(d))
+        rows[name] = row
+    return ref, rows
+
+
+def paired_table(results, ref="still_moving"):
+    ref, rows = paired(results, ref)
+    n = next((c[2] for row in rows.values() for c in row.values()), 0)
+    lines = [f"each method minus {ref}, same prompt and seed: mean ± standard error over {n} pairs",
+             "", "| method | " + " | ".join(PAIRED_COLUMNS) + " |", "|" + "---|" * (len(PAIRED_COLUMNS) + 1)]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{m:+.3f} ± {se:.3f}" if math.isfinite(se) else f"{m:+.3f}" for m, se, _ in row.values()) + " |")
+    return "\n".join(lines)
+
+
 def plot(results, path):
     """One panel per score, a bar per method (PIL only)."""
     from PIL import Image, ImageDraw
@@ -364,6 +400,9 @@ def run(args):
               "threads": torch.get_num_threads(), "seconds": round(time.time() - t0, 1), "results": results}
     write_text(out / "results.json", json.dumps(report, indent=1, default=str))
     write_text(out / "table.md", text + "\n")
+    pairs = paired_table(results)
+    log("\n" + pairs)
+    write_text(out / "paired.md", pairs + "\n")
     plot(results, out / "plot.png")
     grids(videos, names, out)
     log(f"wrote {out} in {time.time() - t0:.0f} s")
@@ -388,11 +427,17 @@ def parse_args(argv=None):
     ap.add_argument("--caption-dropout", dest="caption_dropout", type=float, default=0.0,
                     help="share of training examples with the empty prompt")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--report", type=Path, help="print the tables of a saved run's results.json; runs nothing")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
-    run(parse_args(argv))
+    args = parse_args(argv)
+    if args.report:
+        results = json.loads(args.report.read_text())["results"]
+        print(table(results) + "\n\n" + paired_table(results))
+        return 0
+    run(args)
     return 0
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,6 +152,9 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
     with Image.open(out / "grid_custom.gif") as gif:
         assert gif.n_frames == 8
     assert Image.open(out / "plot.png").size[0] > 0 and (out / "grid_base.png").is_file()
+    paired_rows = [l for l in (out / "paired.md").read_text().splitlines() if l.startswith("| ") and "method" not in l]
+    assert [r.split("|")[1].strip() for r in paired_rows] == [m for m in bench.METHODS if m != "still_moving"]
+    assert bench.main(["--report", str(out / "results.json")]) == 0
     # naive injection changes the videos: the customized model is really in the comparison
     videos = {n: report["results"][n]["custom_videos"][0] for n in ("base", "naive")}
     assert videos["base"] != videos["naive"]
@@ -161,6 +165,25 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
     assert truth["colour_acc"] > 0.8
     assert tw.SPEED[0] * (tw.FRAMES - 1) <= truth["along_px"] <= tw.SPEED[1] * (tw.FRAMES - 1)
     assert truth["travel_px"] >= truth["along_px"] - 1e-6
+
+
+def test_paired_differences_match_prompt_and_seed():
+    """paired(): rows are matched on (prompt, seed), not on their order; the mean difference is
+    the difference of the means, and the standard error is that of the differences."""
+    bench = _bench()
+    def rows(values, order):
+        return [dict({k: 0.0 for k in bench.COLUMNS}, travel_px=values[i], leak=values[i] / 10,
+                     prompt=f"p{i % 2}", seed=i // 2) for i in order]
+    a, b = [3.0, 5.0, 4.0, 9.0], [1.0, 2.0, 2.0, 4.0]
+    results = {"still_moving": {"custom_videos": rows(b, range(4)), "base_videos": rows(b, range(4))},
+               "naive": {"custom_videos": rows(a, (3, 1, 0, 2)), "base_videos": rows(a, (2, 0, 3, 1))}}
+    ref, out = bench.paired(results)
+    d = np.subtract(a, b)
+    mean, se, n = out["naive"]["travel_px"]
+    assert ref == "still_moving" and n == 4 and list(out) == ["naive"]
+    assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / 2)
+    assert out["naive"]["leak"][0] == pytest.approx(d.mean() / 10)
+    assert "+3.000 ± 0.707" in bench.paired_table(results)
 
 
 def test_scores_tell_customization_motion_and_colour_apart():
