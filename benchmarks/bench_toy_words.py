@@ -137,8 +137,7 @@ def first_estimate(vm, n_noises=16, seed=0, timesteps=(999, 700)):
             x0 = (noise - (1 - a).sqrt() * eps) / a.sqrt()
             moved[word] = np.array([tw.displacement((sampling.decode(vm, x0[i:i + 1]).numpy() * 255).astype(np.uint8))
                                     for i in range(n_noises)])                        # (n, 2): dx, dy
-        unit = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-        row = {f"along_{w}": float((moved[w] @ np.array(unit[w])).mean()) for w in words}
+        row = {f"along_{w}": float((moved[w] @ np.array(tw.MOTIONS[w])).mean()) for w in words}
         same = [np.sign(moved["left"][:, 0]) == np.sign(moved["right"][:, 0]),
                 np.sign(moved["up"][:, 1]) == np.sign(moved["down"][:, 1])]
         row["seed_decides"] = float(np.mean(same))
