@@ -250,16 +250,21 @@ def paired(results, ref="still_moving"):
     """Each method minus ``ref`` on the same prompt and seed: {method: {column: (mean, standard
     error, pairs)}}. The seeds are shared, so pairing removes most of the seed's own spread."""
     ref = ref if ref in results else next(iter(results))
+
+    def keyed(r, part):
+        return {(v["prompt"], v["seed"]): v for v in r[part]}
+
+    theirs = {part: keyed(results[ref], part) for part in ("custom_videos", "base_videos")}
     rows = {}
     for name, r in results.items():
         if name == ref:
             continue
+        mine = {part: keyed(r, part) for part in theirs}
         row = {}
         for k in PAIRED_COLUMNS:
             part = "custom_videos" if k in CUSTOM_COLUMNS else "base_videos"
-            mine = {(v["prompt"], v["seed"]): v[k] for v in r[part]}
-            theirs = {(v["prompt"], v["seed"]): v[k] for v in results[ref][part]}
-            d = np.array([mine[key] - theirs[key] for key in mine if key in theirs], dtype=float)
+            d = np.array([v[k] - theirs[part][key][k] for key, v in mine[part].items() if key in theirs[part]],
+                         dtype=float)
             se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
             row[k] = (float(d.mean()), se, len(d))
         rows[name] = row

@@ -125,15 +125,15 @@ def first_estimate(vm, n_noises=16, seed=0, timesteps=(999, 700)):
     size = tw.SIZE // vm.vae_scale
     noise = torch.randn(n_noises, vm.unet.config.in_channels, tw.FRAMES, size, size,
                         generator=torch.Generator().manual_seed(seed + 2))
+    embs = {w: sampling.encode_text(vm, [tw.caption("red", "circle", w)], "cpu").repeat(n_noises * tw.FRAMES, 1, 1)
+            for w in words}
     vm.unet.eval()
     rows = {}
     for t in timesteps:
         a = alphas[t]
         moved = {}
         for word in words:
-            emb = sampling.encode_text(vm, [tw.caption("red", "circle", word)], "cpu")
-            eps = vm.unet(noise, torch.full((n_noises,), t),
-                          encoder_hidden_states=emb.repeat(n_noises * tw.FRAMES, 1, 1)).sample
+            eps = vm.unet(noise, torch.full((n_noises,), t), encoder_hidden_states=embs[word]).sample
             x0 = (noise - (1 - a).sqrt() * eps) / a.sqrt()
             moved[word] = np.array([tw.displacement((sampling.decode(vm, x0[i:i + 1]).numpy() * 255).astype(np.uint8))
                                     for i in range(n_noises)])                        # (n, 2): dx, dy
