@@ -11,6 +11,11 @@ Stages (each cached in --work, so a later stage can be re-run alone):
   3. t2i       UNet2DConditionModel on single frames (batch 64, EMA weights, offset noise)
   4. motion    AnimateDiff motion module (UNetMotionModel) on the clips, with the T2I UNet
                fine-tuned at a lower rate (the shipped base checkpoint is that T2I)
+  4b. direction  the motion stage continued with word-only pairs at high noise: a clip and its
+               reverse with the direction word swapped, given the SAME noisy input (noised from
+               their midpoint), each scored on its own clean clip; only the word can tell them
+               apart, so the model learns to take the sign of the motion from it (without this
+               the noise picked the sign: benchmarks/bench_toy_words.py, embedded/README.md)
   5. adapter   the pack's Motion Adapter (adapters.training.train) on frozen clips
   6. custom    DreamBooth-style fine-tune of the T2I UNet on the 'sks star' stills, with prior
                preservation on base-world frames and caption dropout (--custom-steps,
@@ -68,9 +73,11 @@ MOTION = dict(motion_layers_per_block=1, motion_max_seq_length=32, use_motion_mi
 # steps per stage (full run / --quick plumbing check)
 # The shipped weights used these full-run numbers; a machine with time to spare gets better models
 # from larger ones (the VAE above all: 400 steps leave it blurry, see embedded/README.md).
-STEPS = {"vae": (600, 20), "vae_decoder": (300, 5), "text": (400, 10), "t2i": (2500, 20), "motion": (2500, 20), "adapter": (100, 5),
-         "custom": (400, 10)}
-LR = {"vae": 1e-3, "vae_decoder": 5e-4, "text": 3e-3, "t2i": 1e-3, "motion": 1e-3, "video_t2i": 3e-4, "custom": 3e-4}
+STEPS = {"vae": (600, 20), "vae_decoder": (300, 5), "text": (400, 10), "t2i": (2500, 20), "motion": (2500, 20),
+         "direction": (600, 6), "adapter": (100, 5), "custom": (400, 10)}
+LR = {"vae": 1e-3, "vae_decoder": 5e-4, "text": 3e-3, "t2i": 1e-3, "motion": 1e-3, "video_t2i": 3e-4, "direction": 3e-4,
+      "custom": 3e-4}
+DIRECTION_T_MIN = 800   # the word-only pairs' noise levels: where the noisy input hardly shows the clip
 VIDEO_T2I = "t2i_video.pt"
 BATCH = {"t2i": 64, "motion": 4}
 OFFSET_NOISE = 0.1
@@ -426,7 +433,7 @@ def train_motion(steps, work):
     """Motion modules, with the T2I UNet fine-tuned at a lower rate (the text encoder stays
     frozen). The UNet was trained on single frames, where the direction word carries nothing, so
     it must learn to pass it on. The shipped base is this video-tuned T2I."""
-    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+    from diffusers import MotionAdapter, UNetMotionModel
     vae = load_vae(work)
     lat, caps = world_latents(work, vae)
     unet2d, te = load_t2i(work)
@@ -467,12 +474,90 @@ def train_motion(steps, work):
         if step % 100 == 0 or step == steps - 1:
             log(f"  motion {step:4d} loss (last 100) {np.mean(run[-100:]):.4f}")
     ema.copy_to_params()
+    save_video_unet(unet, te, work)
+    return {"video_t2i_lr": LR["video_t2i"]}
+
+
+def save_video_unet(unet, te, work):
+    """The motion modules to motion.pt, the rest of the UNet (the video-tuned T2I) to VIDEO_T2I."""
+    from diffusers import UNet2DConditionModel
     state = unet.state_dict()
     torch.save({k: v for k, v in state.items() if ".motion_modules." in k}, work / "motion.pt")
     video_t2i = UNet2DConditionModel(**UNET)
     video_t2i.load_state_dict({k: v for k, v in state.items() if ".motion_modules." not in k})
     torch.save({"unet": video_t2i.state_dict(), "text": te.state_dict()}, work / VIDEO_T2I)
-    return {"video_t2i_lr": LR["video_t2i"]}
+
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def train_direction(steps, work):
+    """Continue the video UNet (motion.pt + VIDEO_T2I) with its epsilon loss plus word-only pairs.
+
+    Without words the world is symmetric in time, and at high noise the input shows almost
+    nothing of the clip, so an epsilon loss let the noise pick the sign of the motion. Each pair
+    here is a moving clip and its reverse with the direction word swapped, given one noisy input
+    (noised from the two clips' midpoint, t >= DIRECTION_T_MIN) and scored in x0 space on its own
+    clip: nothing but the word separates the targets. Raw weights, no EMA: 600 steps is too few
+    for a 0.999 average to leave the start."""
+    from diffusers import MotionAdapter, UNetMotionModel
+    vae = load_vae(work)
+    lat, caps = world_latents(work, vae)
+    unet2d, te = load_t2i(work, VIDEO_T2I)
+    tok = tokenizer()
+    uniq = sorted(set(caps)) + [""]
+    ids = tokens(tok, uniq)
+    cap_idx = torch.tensor([uniq.index(c) for c in caps])
+
+    def swapped(c):
+        words = c.split()
+        return " ".join(words[:-1] + [OPPOSITE.get(words[-1], words[-1])])
+
+    flip_idx = torch.tensor([uniq.index(swapped(c)) for c in caps])
+    moving = torch.tensor([i for i, c in enumerate(caps) if c.split()[-1] in OPPOSITE])
+    unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter(block_out_channels=UNET["block_out_channels"], **MOTION))
+    missing, unexpected = unet.load_state_dict(torch.load(work / "motion.pt", weights_only=True), strict=False)
+    assert not unexpected and all(".motion_modules." not in k for k in missing)
+    unet.requires_grad_(True)
+    with torch.no_grad():
+        table = te(ids)[0]
+    motion = [p for n, p in unet.named_parameters() if ".motion_modules." in n]
+    spatial = [p for n, p in unet.named_parameters() if ".motion_modules." not in n]
+    opt = torch.optim.AdamW([{"params": motion}, {"params": spatial}], lr=LR["direction"], weight_decay=1e-2)
+    alphas = _noise_schedule()
+    g = torch.Generator().manual_seed(SEED + 70)
+    unet.train()
+    b, f = BATCH["motion"], lat.shape[2]
+    half = b // 2
+    run, run_x0 = [], []
+    for step in range(steps):
+        cosine_lr(opt, LR["direction"], step, steps)
+        idx = torch.randint(len(lat), (b,), generator=g)
+        ci = cap_idx[idx].clone()
+        ci[torch.rand(b, generator=g) < 0.1] = len(uniq) - 1
+        loss = diffusion_loss(unet, lat[idx], table[ci], g, alphas, frames=f, high_noise=True)
+        idx = moving[torch.randint(len(moving), (half,), generator=g)]
+        ci = torch.cat([cap_idx[idx], flip_idx[idx]])
+        x0 = torch.cat([lat[idx], lat[idx].flip(2)])
+        noise = torch.randn((half,) + x0.shape[1:], generator=g) \
+            + OFFSET_NOISE * torch.randn((half,) + x0.shape[1:2] + (1, 1, 1), generator=g)
+        t = torch.randint(DIRECTION_T_MIN, 1000, (half,), generator=g)
+        noise, t = torch.cat([noise, noise]), torch.cat([t, t])
+        a = alphas[t].view(-1, 1, 1, 1, 1)
+        midpoint = 0.5 * (x0 + x0.roll(half, 0))            # each clip's pair partner, averaged in
+        noisy = a.sqrt() * midpoint + (1 - a).sqrt() * noise
+        eps = unet(noisy, t, encoder_hidden_states=table[ci].repeat_interleave(f, 0)).sample
+        loss_x0 = F.mse_loss((noisy - (1 - a).sqrt() * eps) / a.sqrt(), x0)
+        opt.zero_grad(set_to_none=True)
+        (loss + loss_x0).backward()
+        torch.nn.utils.clip_grad_norm_(motion + spatial, 1.0)
+        opt.step()
+        run.append(loss.item())
+        run_x0.append(loss_x0.item())
+        if step % 100 == 0 or step == steps - 1:
+            log(f"  direction {step:4d} loss (last 100) {np.mean(run[-100:]):.4f} word-only x0 {np.mean(run_x0[-100:]):.4f}")
+    save_video_unet(unet, te, work)
+    return {"lr": LR["direction"], "t_min": DIRECTION_T_MIN}
 
 
 # --- writing the files ----------------------------------------------------------------------------
@@ -611,7 +696,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "embedded")
     ap.add_argument("--work", type=Path, default=ROOT / "output" / "toy_training")
-    ap.add_argument("--stages", default="vae,text,t2i,motion,adapter,custom,measure")
+    ap.add_argument("--stages", default="vae,text,t2i,motion,direction,adapter,custom,measure")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (results depend on it; the shipped weights: 2)")
     ap.add_argument("--quick", action="store_true", help="a few steps per stage (plumbing check)")
     ap.add_argument("--custom-steps", dest="custom_steps", type=int, help=f"custom stage steps ({STEPS['custom'][0]})")
@@ -646,6 +731,9 @@ def main():
             info = train_t2i(steps, args.work)
         elif stage == "motion":
             info = train_motion(steps, args.work)
+            write_base(args.work, args.out)
+        elif stage == "direction":
+            info = train_direction(steps, args.work)
             write_base(args.work, args.out)
         elif stage == "adapter":
             info = train_adapter(steps, args.work, args.out)
