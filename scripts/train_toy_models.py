@@ -450,9 +450,7 @@ def train_motion(steps, work):
     unet.requires_grad_(True)
     with torch.no_grad():
         table = te(ids)[0]
-    motion = [p for n, p in unet.named_parameters() if ".motion_modules." in n]
-    spatial = [p for n, p in unet.named_parameters() if ".motion_modules." not in n]
-    opt = torch.optim.AdamW([{"params": motion}, {"params": spatial}], lr=LR["motion"], weight_decay=1e-2)
+    motion, spatial, opt = video_optimizer(unet, LR["motion"])
     ema = EMA(motion + spatial)
     alphas = _noise_schedule()
     g = torch.Generator().manual_seed(SEED + 7)
@@ -476,6 +474,13 @@ def train_motion(steps, work):
     ema.copy_to_params()
     save_video_unet(unet, te, work)
     return {"video_t2i_lr": LR["video_t2i"]}
+
+
+def video_optimizer(unet, lr):
+    """AdamW with the motion modules and the rest of the video UNet as two groups (two rates)."""
+    motion = [p for n, p in unet.named_parameters() if ".motion_modules." in n]
+    spatial = [p for n, p in unet.named_parameters() if ".motion_modules." not in n]
+    return motion, spatial, torch.optim.AdamW([{"params": motion}, {"params": spatial}], lr=lr, weight_decay=1e-2)
 
 
 def save_video_unet(unet, te, work):
@@ -521,9 +526,7 @@ def train_direction(steps, work):
     unet.requires_grad_(True)
     with torch.no_grad():
         table = te(ids)[0]
-    motion = [p for n, p in unet.named_parameters() if ".motion_modules." in n]
-    spatial = [p for n, p in unet.named_parameters() if ".motion_modules." not in n]
-    opt = torch.optim.AdamW([{"params": motion}, {"params": spatial}], lr=LR["direction"], weight_decay=1e-2)
+    motion, spatial, opt = video_optimizer(unet, LR["direction"])
     alphas = _noise_schedule()
     g = torch.Generator().manual_seed(SEED + 70)
     unet.train()
