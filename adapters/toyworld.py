@@ -62,6 +62,7 @@ SUPERSAMPLE = 4
 SHAPES = ("circle",)  # one shape: a CPU-trained T2I could not bind three words at once
 COLOURS = {"red": (220, 50, 40), "green": (50, 190, 70), "blue": (50, 90, 230), "yellow": (235, 205, 40)}
 MOTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0), "still": (0.0, 0.0)}
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}   # a clip played backwards
 MOTION_PHRASES = {"left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down",
                   "still": "standing still"}
 SPEED = (2.5 * S, 3.5 * S)      # pixels per frame

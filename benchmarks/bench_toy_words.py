@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from adapters import data, loading, sampling, toyworld as tw  # noqa: E402
 from adapters.training import _noise_schedule  # noqa: E402
 
-FLIP = {"direction": {"left": "right", "right": "left", "up": "down", "down": "up"},
+FLIP = {"direction": tw.OPPOSITE,
         "colour": {"red": "blue", "blue": "green", "green": "yellow", "yellow": "red"}}
 TIMESTEPS = (999, 700, 300)
 

@@ -493,9 +493,6 @@ def save_video_unet(unet, te, work):
     torch.save({"unet": video_t2i.state_dict(), "text": te.state_dict()}, work / VIDEO_T2I)
 
 
-OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
-
-
 def train_direction(steps, work):
     """Continue the video UNet (motion.pt + VIDEO_T2I) with its epsilon loss plus word-only pairs.
 
@@ -516,10 +513,10 @@ def train_direction(steps, work):
 
     def swapped(c):
         words = c.split()
-        return " ".join(words[:-1] + [OPPOSITE.get(words[-1], words[-1])])
+        return " ".join(words[:-1] + [tw.OPPOSITE.get(words[-1], words[-1])])
 
     flip_idx = torch.tensor([uniq.index(swapped(c)) for c in caps])
-    moving = torch.tensor([i for i, c in enumerate(caps) if c.split()[-1] in OPPOSITE])
+    moving = torch.tensor([i for i, c in enumerate(caps) if c.split()[-1] in tw.OPPOSITE])
     unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter(block_out_channels=UNET["block_out_channels"], **MOTION))
     missing, unexpected = unet.load_state_dict(torch.load(work / "motion.pt", weights_only=True), strict=False)
     assert not unexpected and all(".motion_modules." not in k for k in missing)
