@@ -20,6 +20,9 @@ Stages (each cached in --work, so a later stage can be re-run alone):
   6. custom    DreamBooth-style fine-tune of the T2I UNet on the 'sks star' stills, with prior
                preservation on base-world frames and caption dropout (--custom-steps,
                --custom-lr, --custom-prior-share make stronger ones; benchmarks/README.md)
+  unpack       (not in the default chain) rebuilds the work files stages 5-6 start from out of the
+               files already in --out, e.g. a copy of embedded/: a stronger customization of the
+               shipped models is then `--stages unpack,custom,measure` (minutes, not the chain's 76)
 Then the files are written in the layouts users' files have (LDM single-file checkpoints, an
 original-layout AnimateDiff v2 motion module, a still-moving-adapter/1 file), reloaded through
 ``load_video_model`` and measured with the pack's own sampler. Fixed seeds and a fixed thread
@@ -580,6 +583,26 @@ def write_base(work, out):
     save_safetensors(export.motion_module_tensors(motion, torch.float16), out / tw.MODEL_FILES["motion"])
 
 
+def unpack_files(work, out):
+    """The work files the later stages start from (vae.pt, text.pt, VIDEO_T2I, motion.pt), read
+    back from the files in --out through the users' loader, so a stronger customization or a new
+    Motion Adapter can be made from the shipped files without the 76-minute chain. The shipped
+    files are fp16: these are the fp16 weights in fp32, not the fp32 state the chain ended with."""
+    from diffusers import UNet2DConditionModel
+    from adapters import loading
+    ck = loading.read_checkpoint(out / tw.MODEL_FILES["base"])
+    vae = loading.build_vae(ck["vae"], ck["vae_config"], torch.float32, out / tw.MODEL_FILES["base"])
+    te = loading.build_text_encoder(ck["clip"], ck["clip_config"], torch.float32, out / tw.MODEL_FILES["base"])
+    unet = UNet2DConditionModel(**UNET)
+    unet.load_state_dict(ck["unet"])
+    _, _, motion = loading.read_motion_module(out / tw.MODEL_FILES["motion"])
+    torch.save(vae.state_dict(), work / "vae.pt")
+    torch.save(te.state_dict(), work / "text.pt")
+    torch.save({"unet": unet.state_dict(), "text": te.state_dict()}, work / VIDEO_T2I)
+    torch.save(motion, work / "motion.pt")
+    return {"from": str(out), "motion_tensors": len(motion)}
+
+
 # --- 4. Motion Adapter (the pack's trainer on the shipped files) ----------------------------------
 
 def train_adapter(steps, work, out):
@@ -735,6 +758,8 @@ def main():
         elif stage == "direction":
             info = train_direction(steps, args.work)
             write_base(args.work, args.out)
+        elif stage == "unpack":
+            info = unpack_files(args.work, args.out)
         elif stage == "adapter":
             info = train_adapter(steps, args.work, args.out)
         elif stage == "custom":

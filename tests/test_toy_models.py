@@ -113,6 +113,27 @@ def test_text_stage_keeps_direction_words_apart(tmp_path):
     assert not any(p.requires_grad for p in te.parameters())
 
 
+def test_unpack_stage_round_trips_the_shipped_files(tmp_path):
+    """scripts/train_toy_models.py, stage unpack: the work files rebuilt from the shipped base
+    checkpoint and motion module write those files back tensor for tensor, so a stronger
+    customization made from them (benchmarks/README.md) starts from the shipped weights."""
+    from safetensors.torch import load_file
+    script = load_script("scripts/train_toy_models.py")
+    out, work, again = tmp_path / "out", tmp_path / "work", tmp_path / "again"
+    for d in (out, work, again):
+        d.mkdir()
+    for part in ("base", "motion"):
+        (out / FILES[part]).write_bytes((EMBEDDED / FILES[part]).read_bytes())
+    info = script.unpack_files(work, out)
+    assert info["motion_tensors"] > 0
+    script.write_base(work, again)
+    for part in ("base", "motion"):
+        shipped, written = load_file(EMBEDDED / FILES[part]), load_file(again / FILES[part])
+        assert shipped.keys() == written.keys(), part
+        for k, t in shipped.items():
+            assert torch.equal(t, written[k]), (part, k)
+
+
 def test_template_score_sees_the_star_where_star_score_sees_specks():
     """A disc with four stray specks is 'star-like' to star_score (its pixels spread far from
     their centroid) but not to the template match. The retrained base model drew such blobs for
