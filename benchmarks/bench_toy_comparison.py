@@ -17,6 +17,8 @@ Rows (``--methods``):
   full_weights       ablation: every injected T2I weight trained (fullweights.FullDelta) instead
                      of Spatial Adapters, with the Motion Adapter
   no_prior           ablation: Still-Moving without prior videos (stills only)
+  ``--motion-scale -0.5,...`` adds "naive α=-0.5" and "still_moving α=-0.5" rows: the same models
+  sampled with the Motion Adapter kept as the motion slider (paper §3.2)
 
 Training data, the same for every trained row: images SAMPLED FROM THE CUSTOMIZED T2I (the
 customized UNet with its temporal layers bypassed, one frame, prompt "a sks star"), as the
@@ -85,7 +87,7 @@ CUSTOM_COLUMNS = ("fidelity", "colour", "template", "dir_acc", "along_px", "trav
 BASE_COLUMNS = ("colour_acc", "base_dir_acc", "leak")
 COLUMNS = CUSTOM_COLUMNS + BASE_COLUMNS
 HIGHER_IS_BETTER = {"leak": False}
-PAIRED_COLUMNS = ("template", "fidelity", "travel_px", "speed_px", "frame_corr", "colour_acc", "leak")
+PAIRED_COLUMNS = ("template", "fidelity", "dir_acc", "along_px", "travel_px", "speed_px", "frame_corr", "colour_acc", "leak")
 SETTINGS = {  # full / quick
     "seeds": ((0, 1, 2), (0,)),
     "custom_motions": (CUSTOM_MOTIONS, ("left",)),
@@ -397,6 +399,12 @@ def run(args):
         f"({time.time() - t1:.1f} s)")
     refs = tw.custom_templates()
     models = build_methods(names, base, custom_path, ma, stills, prior, s, out, device)
+    # the Motion Adapter kept at inference as the motion slider (paper §3.2: α < 0, more motion),
+    # on naive injection too, so a gain can be told apart from the slider's own
+    for name in [n for n in ("naive", "still_moving") if n in models]:
+        model, train_s = models[name]
+        for alpha in args.motion_scale:
+            models[f"{name} α={alpha:+g}"] = (model.with_patch(AdapterPatch(ma, alpha)), train_s)
     results, videos = evaluate(models, s, refs, device)
     text = table(results)
     log("\n" + text)
@@ -409,7 +417,7 @@ def run(args):
     log("\n" + pairs)
     write_text(out / "paired.md", pairs + "\n")
     plot(results, out / "plot.png")
-    grids(videos, names, out)
+    grids(videos, list(models), out)
     log(f"wrote {out} in {time.time() - t0:.0f} s")
     return out
 
@@ -431,6 +439,8 @@ def parse_args(argv=None):
     ap.add_argument("--prior-ratio", dest="prior_ratio", type=float, default=0.5)
     ap.add_argument("--caption-dropout", dest="caption_dropout", type=float, default=0.0,
                     help="share of training examples with the empty prompt")
+    ap.add_argument("--motion-scale", dest="motion_scale", type=lambda v: [float(x) for x in v.split(",")],
+                    default=[], help="e.g. -0.5,-1: also score naive and still_moving with the Motion Adapter kept at these α")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--report", type=Path, help="print the tables of a saved run's results.json; runs nothing")
     return ap.parse_args(argv)

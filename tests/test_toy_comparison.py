@@ -167,6 +167,26 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
     assert truth["travel_px"] >= truth["along_px"] - 1e-6
 
 
+def test_motion_scale_rows_keep_the_spatial_adapters_and_move_the_slider(tmp_path):
+    """--motion-scale: naive injection and Still-Moving's own adapters, sampled with the Motion
+    Adapter kept at α (the slider), one row per α, paired against still_moving."""
+    bench = _bench()
+    models = write_toy_models(tmp_path / "toy_models", bench)
+    out = bench.run(bench.parse_args(["--quick", "--models", str(models), "--out", str(tmp_path / "cmp"),
+                                      "--methods", "naive,still_moving", "--motion-scale=-1,0.5"]))
+    results = json.loads((out / "results.json").read_text())["results"]
+    slid = [f"{n} α={a}" for n in ("naive", "still_moving") for a in ("-1", "+0.5")]
+    assert list(results) == ["naive", "still_moving"] + slid
+    assert sorted(p.stem for p in (out / "adapters").glob("*.safetensors")) == ["still_moving"]
+    for name in slid:
+        plain = results[name.split(" ")[0]]
+        assert results[name]["scores"]["train_s"] == plain["scores"]["train_s"]
+        assert results[name]["custom_videos"][0]["frame_corr"] != plain["custom_videos"][0]["frame_corr"], name
+    paired_rows = [l.split("|")[1].strip() for l in (out / "paired.md").read_text().splitlines()
+                   if l.startswith("| ") and "method" not in l]
+    assert paired_rows == ["naive"] + slid
+
+
 def test_paired_differences_match_prompt_and_seed():
     """paired(): rows are matched on (prompt, seed), not on their order; the mean difference is
     the difference of the means, and the standard error is that of the differences."""
