@@ -6,8 +6,9 @@ DreamBooth-style 'sks star' checkpoint. Steps (paper §3):
   2. stills sampled from the customized T2I (temporal layers bypassed: the T2I alone);
   3. the shipped Motion Adapter; Spatial Adapters trained on the stills as frozen videos
      (Motion Adapter α = 1) mixed with natural toy-world videos (α = 0) for prior preservation;
-  4. videos for the same prompts and seeds: base model, naive injection, Still-Moving, written
-     side by side as GIF (and WebP) with the subject's measured motion and customization colour.
+  4. videos for the same prompts and seeds: base model, naive injection, Still-Moving, and
+     Still-Moving with the Motion Adapter kept at α = -0.5 (the motion slider), written side by
+     side as GIF, WebP and MP4 with the subject's measured motion and customization scores.
 Uses only the library (``adapters``), i.e. the code the ComfyUI nodes call.
 """
 import json
@@ -68,7 +69,7 @@ def scores(frames, prompt):
 
 
 def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.0, train_steps=120,
-        n_stills=8, n_prior=24, log=print):
+        n_stills=8, n_prior=24, motion_scale=-0.5, log=print):
     """Run the demo; returns {"files": [...], "scores": {...}, "seconds": ...}."""
     from adapters import inject, loading, sampling, toyworld as tw
     from adapters.data import Clip, encode_clips
@@ -108,11 +109,15 @@ def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.
                 prior_clips=prior_lat, motion_adapter=motion_adapter)
     log(f"toy demo: trained in {res.seconds:.0f} s -> {res.path}")
     still_moving = naive.with_patch(AdapterPatch(res.adapter, 1.0, True, str(res.path)))
+    # the Motion Adapter kept as the slider: on the toy world, α = -0.5 gave Still-Moving back the
+    # base's motion and direction (benchmarks/README.md, 40 videos a row)
+    slid = still_moving.with_patch(AdapterPatch(motion_adapter, motion_scale, True, str(embedded)))
+    rows = (("base", base), ("naive injection", naive), ("Still-Moving", still_moving),
+            (f"Still-Moving motion {motion_scale:+g}", slid))
     written, table = [], {}
     for prompt in prompts:
         for seed in seeds:
-            vids = {name: generate(vm, prompt, seed) for name, vm in
-                    (("base", base), ("naive injection", naive), ("Still-Moving", still_moving))}
+            vids = {name: generate(vm, prompt, seed) for name, vm in rows}
             for name, v in vids.items():
                 table.setdefault(name, []).append(scores(v, prompt))
             stem = prompt.replace(" ", "_") + f"_seed{seed}"
@@ -124,7 +129,7 @@ def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.
         "likeness to the customization stills' subject, about 0.9 for them and 0.3-0.6 for a disc or blob; "
         "star shape, 0.1 for a disc; custom colour share 0-1):")
     for name, s in summary.items():
-        log(f"  {name:16s} moved {s['displacement_px']:5.2f} px ({s['motion_along_caption_px']:6.2f} along the caption)   "
+        log(f"  {name:24s} moved {s['displacement_px']:5.2f} px ({s['motion_along_caption_px']:6.2f} along the caption)   "
             f"likeness {s['template']:.3f}   star shape {s['star_shape']:.3f}   "
             f"custom colour {s['custom_colour']:.3f}")
     return {"files": written + [res.path, out_dir / "toy_demo_scores.json"], "scores": summary,

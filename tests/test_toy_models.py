@@ -134,6 +134,26 @@ def test_unpack_stage_round_trips_the_shipped_files(tmp_path):
             assert torch.equal(t, written[k]), (part, k)
 
 
+def test_toy_demo_runs_end_to_end_on_the_shipped_files(tmp_path):
+    """The README's main command (scripts/demo.sh -> scripts/toy_demo.py), cut down: every row
+    sampled, a GIF/WebP/MP4 per prompt and seed, the scores written, the adapters reloadable."""
+    demo = load_script("scripts/toy_demo.py")
+    torch.set_num_threads(2)
+    r = demo.run(tmp_path, seeds=(0,), prompts=[tw.custom_caption("left")], steps=3, train_steps=3,
+                 n_stills=2, n_prior=2, log=lambda *a: None)
+    rows = ["base", "naive injection", "Still-Moving", "Still-Moving motion -0.5"]
+    assert list(r["scores"]) == rows
+    saved = json.loads((tmp_path / "toy_demo_scores.json").read_text())
+    assert list(saved["mean"]) == rows and all(len(v) == 1 for v in saved["runs"].values())
+    assert sorted(p.suffix for p in r["files"] if p.suffix in (".gif", ".webp", ".mp4")) == [".gif", ".mp4", ".webp"]
+    assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in r["files"])
+    adapter = LowRankAdapter.load(next(p for p in r["files"] if p.suffix == ".safetensors"), "spatial")
+    assert adapter.kind == "spatial"
+    # the slider changes the video: the Motion Adapter is really applied at -0.5
+    runs = saved["runs"]
+    assert runs["Still-Moving"][0] != runs["Still-Moving motion -0.5"][0]
+
+
 def test_template_score_sees_the_star_where_star_score_sees_specks():
     """A disc with four stray specks is 'star-like' to star_score (its pixels spread far from
     their centroid) but not to the template match. The retrained base model drew such blobs for
