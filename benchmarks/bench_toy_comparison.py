@@ -383,6 +383,8 @@ def run(args):
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         sys.exit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    if args.motion_scale and not {"naive", "still_moving"} & set(names):
+        sys.exit("--motion-scale adds rows of naive and still_moving: put one of them in --methods")
     out = unique_path(Path(args.out))
     (out / "adapters").mkdir(parents=True)
     t0 = time.time()
