@@ -111,7 +111,8 @@ def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.
     still_moving = naive.with_patch(AdapterPatch(res.adapter, 1.0, True, str(res.path)))
     # the Motion Adapter kept as the slider: on the toy world, α = -0.5 gave Still-Moving back the
     # base's motion and direction (benchmarks/README.md, 40 videos a row)
-    slid = still_moving.with_patch(AdapterPatch(motion_adapter, motion_scale, True, str(embedded)))
+    slid = still_moving.with_patch(AdapterPatch(motion_adapter, motion_scale, True,
+                                                      str(embedded / tw.MODEL_FILES["adapter"])))
     rows = (("base", base), ("naive injection", naive), ("Still-Moving", still_moving),
             (f"Still-Moving motion {motion_scale:+g}", slid))
     written, table = [], {}

@@ -585,22 +585,16 @@ def write_base(work, out):
 
 def unpack_files(work, out):
     """The work files the later stages start from (vae.pt, text.pt, VIDEO_T2I, motion.pt), read
-    back from the files in --out through the users' loader, so a stronger customization or a new
-    Motion Adapter can be made from the shipped files without the 76-minute chain. The shipped
-    files are fp16: these are the fp16 weights in fp32, not the fp32 state the chain ended with."""
-    from diffusers import UNet2DConditionModel
+    back from the files in --out through the users' loader and written by the chain's own
+    save_video_unet, so a stronger customization or a new Motion Adapter can be made from the
+    shipped files without the 76-minute chain. The shipped files are fp16: these are the fp16
+    weights in fp32, not the fp32 state the chain ended with."""
     from adapters import loading
-    ck = loading.read_checkpoint(out / tw.MODEL_FILES["base"])
-    vae = loading.build_vae(ck["vae"], ck["vae_config"], torch.float32, out / tw.MODEL_FILES["base"])
-    te = loading.build_text_encoder(ck["clip"], ck["clip_config"], torch.float32, out / tw.MODEL_FILES["base"])
-    unet = UNet2DConditionModel(**UNET)
-    unet.load_state_dict(ck["unet"])
-    _, _, motion = loading.read_motion_module(out / tw.MODEL_FILES["motion"])
-    torch.save(vae.state_dict(), work / "vae.pt")
-    torch.save(te.state_dict(), work / "text.pt")
-    torch.save({"unet": unet.state_dict(), "text": te.state_dict()}, work / VIDEO_T2I)
-    torch.save(motion, work / "motion.pt")
-    return {"from": str(out), "motion_tensors": len(motion)}
+    vm = loading.load_video_model(out / tw.MODEL_FILES["base"], out / tw.MODEL_FILES["motion"])
+    save_video_unet(vm.unet, vm.text_encoder, work)
+    torch.save(vm.vae.state_dict(), work / "vae.pt")
+    torch.save(vm.text_encoder.state_dict(), work / "text.pt")
+    return {"from": str(out), "motion_tensors": sum(".motion_modules." in k for k in vm.unet.state_dict())}
 
 
 # --- 4. Motion Adapter (the pack's trainer on the shipped files) ----------------------------------
