@@ -163,13 +163,17 @@ def split_checkpoint(sd):
     return parts
 
 
-MOTION_VERSIONS = ("v1", "v2", "v3")
+MOTION_VERSIONS = ("v1", "v2", "v3", "animatelcm")
+# AnimateLCM files carry no positional tables; AnimateDiff-Evolved then computes a sinusoidal one
+# of 64 positions, so the pack does the same (the loader fills missing tables with that sinusoid).
+ANIMATELCM_POSITIONS = 64
 
 
 def motion_module_config(mm_sd, path=None):
     """Version and diffusers UNetMotionModel motion settings from original-layout keys.
 
-    v1: positional table of 24, no mid block; v2: 32 with a mid block; v3: 32, no mid block.
+    v1: positional table of 24, no mid block; v2: 32 with a mid block; v3: 32, no mid block;
+    AnimateLCM: no positional-encoding keys at all (read as AnimateDiff-Evolved reads it).
     """
     keys = list(mm_sd)
     if not any(".motion_modules." in k for k in keys):
@@ -195,9 +199,12 @@ def motion_module_config(mm_sd, path=None):
         raise ModelFileError(path, f"this is an SDXL motion module (levels {chans}); this slot needs an "
                              "SD1.5 one (v1, v2 or v3).", "SDXL motion modules do not work with SD1.5 checkpoints.")
     pe = next((v for k, v in mm_sd.items() if k.endswith("pos_encoder.pe") or k.endswith("pos_embed.pe")), None)
-    max_len = pe.shape[1] if pe is not None else 32
     mid = any(k.startswith("mid_block.motion_modules.") for k in keys)
-    version = "v2" if mid else ("v1" if max_len == 24 else "v3")
+    if not any("pos_encoder" in k or "pos_embed" in k for k in keys):
+        version, max_len = "animatelcm", ANIMATELCM_POSITIONS
+    else:
+        max_len = pe.shape[1] if pe is not None else 32
+        version = "v2" if mid else ("v1" if max_len == 24 else "v3")
     up_layers = len(_indices(keys, r"up_blocks\.0\.motion_modules\.(\d+)\."))
     depth = len(_indices(keys, r"down_blocks\.0\.motion_modules\.0\.(?:temporal_transformer\.)?transformer_blocks\.(\d+)\.")) or 1
     return version, {
