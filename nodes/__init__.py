@@ -5,6 +5,8 @@ from .controlnet_nodes import ApplyControlNet, LoadControlNet
 from .customization_nodes import (AttachSubjectModule, AttachTemporalLoRA, TrainAppearanceAbsorber,
                                   TrainSubjectModule, TrainTemporalLoRA, WeightScheduleNode)
 from .dataset_nodes import ClipsFromImages, GeneratePriorClips, ImageFolderClips, MergeClips, VideoFolderClips
+from .export_nodes import ExportMergedCheckpoint, ExportMotionLoRA, ExportSpatialLoRA
+from .model_patch_nodes import ApplySpatialAdaptersToModel
 from .sampler_nodes import SampleVideo
 from .score_nodes import ScoreVideo
 from .training_nodes import TrainMotionAdapter, TrainSpatialAdapters
@@ -38,6 +40,10 @@ _NODES = {
     "SM_TrainAppearanceAbsorber": (TrainAppearanceAbsorber, "Train Appearance Absorber (Customize-A-Video)"),
     "SM_TrainTemporalLoRA": (TrainTemporalLoRA, "Train Temporal LoRA (Customize-A-Video)"),
     "SM_AttachTemporalLoRA": (AttachTemporalLoRA, "Attach Temporal LoRA (Customize-A-Video)"),
+    "SM_ApplySpatialAdaptersToModel": (ApplySpatialAdaptersToModel, "Apply Spatial Adapters to MODEL"),
+    "SM_ExportSpatialLoRA": (ExportSpatialLoRA, "Export Spatial Adapters as LoRA"),
+    "SM_ExportMotionLoRA": (ExportMotionLoRA, "Export Motion Adapter as MotionLoRA"),
+    "SM_ExportMergedCheckpoint": (ExportMergedCheckpoint, "Export Merged Checkpoint"),
 }
 NODE_CLASS_MAPPINGS = {k: v[0] for k, v in _NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {k: f"{v[1]} (Still-Moving)" for k, v in _NODES.items()}
