@@ -4,6 +4,9 @@ on one device or on several through accelerate (no launcher of our own).
     python -m adapters.cli train CONFIG.json [--device cpu|cuda|cuda:N] [--dry-run]
     accelerate launch --multi_gpu --num_processes 4 -m adapters.cli train CONFIG.json
     python -m adapters.cli score VIDEO... [--prompt P] [--clip DIR] [--references DIR]   (score_cli.py)
+    python -m adapters.cli export spatial-lora|merged-checkpoint ADAPTER --checkpoint BASE --motion-module MM
+                                  --inject CUSTOM [--lora LORA] --out FILE.safetensors [--strength S]
+    python -m adapters.cli export motion-lora ADAPTER --alpha A --out FILE.safetensors
 
 Run it from the pack's folder. Paths in the config are relative to the config file; nothing is
 downloaded. See examples/train_motion.json and examples/train_spatial.json; keys starting with
@@ -318,27 +321,90 @@ def dry_run(job, device=None):
     return 0
 
 
+# --- exports ---------------------------------------------------------------------------------------
+
+EXPORTS = {"spatial-lora": "Spatial Adapters as a kohya LoRA for the customized model (ComfyUI's Load LoRA)",
+           "merged-checkpoint": "the customized checkpoint with the Spatial Adapters folded in (SD1.5 single file)",
+           "motion-lora": "a Motion Adapter or temporal LoRA as an AnimateDiff MotionLoRA, alpha baked in"}
+
+
+def add_export_parser(sub):
+    e = sub.add_parser("export", help="write a trained adapter in a layout other tools load (LoRA, MotionLoRA, "
+                                      "merged checkpoint)")
+    e.add_argument("what", choices=list(EXPORTS), help="; ".join(f"{k}: {v}" for k, v in EXPORTS.items()))
+    e.add_argument("adapter", help="the adapter file (.safetensors written by this pack)")
+    e.add_argument("--out", required=True, help="the file to write (.safetensors); an existing file is never replaced")
+    e.add_argument("--checkpoint", help="spatial exports: the base SD1.5 checkpoint the video model was built from")
+    e.add_argument("--motion-module", help="spatial exports: the AnimateDiff motion module the adapters trained with")
+    e.add_argument("--inject", action="append", default=[],
+                   help="spatial exports: the customized checkpoint (file or diffusers folder) injected for training; "
+                        "repeat in the order they were injected")
+    e.add_argument("--lora", action="append", default=[],
+                   help="spatial exports: an image LoRA injected (strength 1) after the checkpoints; repeatable")
+    e.add_argument("--strength", type=float, default=1.0, help="spatial exports: the adapter strength baked in")
+    e.add_argument("--alpha", type=float, help="motion-lora: the motion scale baked in (0 none, 1 static, < 0 more)")
+    e.add_argument("--dtype", choices=["fp32", "fp16", "bf16"],
+                   help="tensor type in the file (default: fp32 for spatial-lora, fp16 otherwise)")
+
+
+def export(args):
+    """One export from the command line; the same library calls as the export nodes."""
+    from . import export as ex
+    from .lowrank import LowRankAdapter
+    out = Path(args.out).expanduser()
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {args.out!r}.")
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; refusing to overwrite it. Choose another --out.")
+    adapter_path = Path(args.adapter).expanduser()
+    dtype = args.dtype or ("fp32" if args.what == "spatial-lora" else "fp16")
+    if args.what == "motion-lora":
+        if args.alpha is None:
+            raise ValueError("motion-lora needs --alpha (the motion scale to bake in, e.g. -0.3).")
+        adapter = LowRankAdapter.load(adapter_path)
+        path = ex.export_motion_lora(adapter, out, args.alpha, adapter_path, dtype)
+    else:
+        missing = [f"--{k.replace('_', '-')}" for k in ("checkpoint", "motion_module", "inject") if not getattr(args, k)]
+        if missing:
+            raise ValueError(f"{args.what} needs {', '.join(missing)}: the video model the Spatial Adapters were "
+                             "trained in (base checkpoint, motion module, the customized checkpoint injected).")
+        from . import inject, loading
+        adapter = LowRankAdapter.load(adapter_path, "spatial")
+        model = loading.load_video_model(args.checkpoint, args.motion_module)
+        for item in args.inject:
+            model = inject.inject_checkpoint(model, item)
+        for item in args.lora:
+            model = inject.inject_lora(model, item)
+        write = ex.export_spatial_lora if args.what == "spatial-lora" else ex.export_merged_checkpoint
+        path = write(model, adapter, out, args.strength, adapter_path, dtype)
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m adapters.cli", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a Motion Adapter or Spatial Adapters from a JSON config")
-    t.add_argument("config", help="the JSON config (see examples/train_motion.json)")
+    t.add_argument("config", help="the JSON config (see training_configs/train_motion.json)")
     t.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     t.add_argument("--dry-run", action="store_true", help="check the config and the files it names; load nothing")
     from . import score_cli
     score_cli.add_parser(sub)
+    add_export_parser(sub)
     args = parser.parse_args(argv)
     from .errors import ModelFileError
     try:
         if args.command == "score":
             return score_cli.run(args)
+        if args.command == "export":
+            return export(args)
         job = read_config(args.config)
         return dry_run(job, args.device) if args.dry_run else train(job, args.device)
     except (ConfigError, ModelFileError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except ValueError as e:  # settings or data the library refused
-        print(f"error ({getattr(args, 'config', 'score')}): {e}", file=sys.stderr)
+        print(f"error ({getattr(args, 'config', None) or args.command}): {e}", file=sys.stderr)
         return 1
 
 

@@ -224,3 +224,32 @@ def export_path(folder, name):
         raise FileExistsError(f"{path} already exists; refusing to overwrite it. Choose another name.")
     return path
 
+
+
+def write_diffusers_config(model, folder):
+    """A diffusers pipeline folder holding only configs and the tokenizer (no weights) for the
+    model inside ``model``: what ``StableDiffusionPipeline.from_single_file(file, config=folder)``
+    needs to load a merged checkpoint offline."""
+    import diffusers
+    from diffusers import PNDMScheduler
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {k: v for k, v in model.info["unet_config"].items() if v is not None}
+    _save_json(folder / "unet" / "config.json", dict(cfg, _class_name="UNet2DConditionModel"))
+    model.vae.save_config(folder / "vae")
+    model.text_encoder.config.save_pretrained(folder / "text_encoder")
+    model.tokenizer.save_pretrained(folder / "tokenizer")
+    PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                  steps_offset=1).save_config(folder / "scheduler")
+    _save_json(folder / "model_index.json", {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [None, None],
+        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False})
+    return folder
+
+
+def _save_json(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
