@@ -305,7 +305,7 @@ def generate_prior_clips(model, prompts, count, seed, frames, width, height, ste
     """``count`` natural videos from the (non-customized) video model, for prior preservation.
 
     Prompts cycle; clip i uses seed + i. Runs on the device the model is on.
-    ``callback(done, total, latents)`` counts steps over all clips (and may raise to cancel).
+    ``callback(done, total, latents, denoised)`` counts steps over all clips (and may raise to cancel).
     """
     from . import sampling
     if isinstance(prompts, str):
@@ -324,7 +324,7 @@ def generate_prior_clips(model, prompts, count, seed, frames, width, height, ste
         if prompt not in conds:
             conds[prompt] = sampling.encode_text(model, [prompt], device)
         step_cb = None if callback is None else (
-            lambda step, total, x, i=i: callback(i * total + step, count * total, x))
+            lambda step, total, x, x0, i=i: callback(i * total + step, count * total, x, x0))
         latents = sampling.sample(model, conds[prompt], uncond, seed=seed + i, steps=steps, cfg=cfg,
                                   scheduler=scheduler, width=width, height=height, frames=frames,
                                   device=device, callback=step_cb)

@@ -5,7 +5,6 @@ Matches diffusers' AnimateDiffPipeline step for step on the same model, noise an
 reports every step to a callback (progress, preview, Cancel) and handles videos longer than
 the motion module's window with sliding context windows or FreeNoise.
 """
-import math
 from dataclasses import dataclass
 
 import torch
@@ -72,18 +71,14 @@ def _window_weights(length, device, dtype):
 
 
 def initial_noise(shape, seed, context=None):
-    """Seeded unit noise (batch, C, frames, h, w), drawn as ComfyUI's KSampler draws a video's:
-    ``torch.manual_seed(seed)``, then ``randn((batch·frames, C, h, w))`` on the CPU (one latent
-    image per frame). So a seed gives the same noise, frame for frame, in the pack and in a
-    KSampler graph, on any device.
+    """Seeded noise (on the CPU, so a seed gives the same video on any device).
 
     FreeNoise reuses each earlier window's noise, shuffled, for the frames after it, so long
     videos keep the content of the first window.
     """
-    batch, channels, frames, h, w = shape
     g = torch.Generator("cpu").manual_seed(int(seed))
-    noise = torch.randn((batch * frames, channels, h, w), generator=g, dtype=torch.float32)
-    noise = noise.view(batch, frames, channels, h, w).transpose(1, 2).contiguous()
+    noise = torch.randn(shape, generator=g, dtype=torch.float32)
+    frames = shape[2]
     if context is not None and context.mode == "freenoise" and frames > context.length:
         stride = context.length - context.overlap
         for start in range(context.length, frames, stride):
@@ -91,21 +86,6 @@ def initial_noise(shape, seed, context=None):
             src = torch.arange(start - context.length, start - context.length + n)
             noise[:, :, start:start + n] = noise[:, :, src[torch.randperm(n, generator=g)]]
     return noise, g
-
-
-def noise_scale(sched):
-    """The factor ComfyUI's EPS ``noise_scaling`` gives the initial noise, for a scheduler whose
-    timesteps are set: 1 for samplers on the unit-variance latent (DDIM, DPM++, LCM: diffusers'
-    ``init_noise_sigma`` is 1); in sigma space (Euler & co.) sqrt(1 + sigma²) when the first sigma
-    is the model's largest (max_denoise; diffusers' ``init_noise_sigma`` is sigma itself), else sigma."""
-    if float(sched.init_noise_sigma) == 1.0:
-        return 1.0
-    sigma = float(sched.sigmas[0])
-    abar = float(sched.alphas_cumprod[-1])
-    sigma_max = math.sqrt((1.0 - abar) / abar)
-    if math.isclose(sigma, sigma_max, rel_tol=1e-5) or sigma > sigma_max:
-        return math.sqrt(1.0 + sigma * sigma)
-    return sigma
 
 
 def encode_text(model, prompts, device):
@@ -124,8 +104,10 @@ def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="eu
            device="cpu", callback=None, latents=None, schedule=None):
     """Denoise a video; returns diffusers-scaled latents (1, C, F, h, w) on the CPU.
 
-    ``cond``/``uncond`` are text embeddings (1, seq, dim); ``callback(step, total, latents)``
-    is called after every step and may raise to cancel (patches are undone either way).
+    ``cond``/``uncond`` are text embeddings (1, seq, dim); ``callback(step, total, latents,
+    denoised)`` is called after every step with the noisy latents and the step's denoised
+    estimate (x0, same shape and scaling, for previews); it may raise to cancel (patches are
+    undone either way).
     ``schedule``: a ``schedule.WeightSchedule`` for the spatial customizations' weight per step.
     """
     unet = model.unet
@@ -147,7 +129,7 @@ def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="eu
     sched.set_timesteps(steps, device=device)
     shape = (1, unet.config.in_channels, frames, height // f, width // f)
     noise, generator = initial_noise(shape, seed, context)
-    x = (noise if latents is None else latents.float()).to(device) * noise_scale(sched)
+    x = (noise if latents is None else latents.float()).to(device) * sched.init_noise_sigma
     use_cfg = cfg != 1.0 and uncond is not None
     windows = context_windows(frames, context.length, context.overlap)
     cond = cond.to(device, dtype)
@@ -185,9 +167,10 @@ def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="eu
                     eps[:, :, idx] += predict(xin[:, :, idx], t, idx, i).float() * w
                     weight[:, :, idx] += w
                 eps = eps / weight
-            x = sched.step(eps, t, x, generator=generator).prev_sample
+            out = sched.step(eps, t, x, generator=generator)
+            x = out.prev_sample
             if callback is not None:
-                callback(i + 1, total, x)
+                callback(i + 1, total, x, denoised_estimate(sched, out))
     return x.cpu()
 
 
@@ -210,3 +193,16 @@ def decode(model, latents, chunk=8):
             img = vae.decode(z[s:s + chunk].to(vdev, vdtype)).sample
             out.append(((img.float() / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).cpu())
     return torch.cat(out)
+def denoised_estimate(sched, out):
+    """The clean latents (x0) a scheduler step predicted from the noise estimate, in the latents'
+    own space: what a preview shows, since the noisy latents look like noise until the end."""
+    x0 = getattr(out, "pred_original_sample", None)  # euler, euler_ancestral, ddim
+    if x0 is None:
+        x0 = getattr(out, "denoised", None)  # lcm
+    if x0 is None and getattr(sched.config, "algorithm_type", "") in ("dpmsolver++", "sde-dpmsolver++"):
+        x0 = sched.model_outputs[-1]  # DPM-Solver++ turns eps into x0 before it steps
+    if x0 is None:
+        raise TypeError(f"{type(sched).__name__} gives no denoised estimate; add it to denoised_estimate")
+    return x0
+
+

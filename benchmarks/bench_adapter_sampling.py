@@ -104,7 +104,7 @@ def main():
         t0 = time.perf_counter()
         out = sample(models[name], cond, uncond, seed=0, steps=a.steps, cfg=a.cfg, scheduler="euler", width=width,
                      height=width, frames=frames, latents=noise.clone(),
-                     callback=lambda i, n, x: marks.append((time.perf_counter(), time.process_time())))
+                     callback=lambda i, n, x, x0: marks.append((time.perf_counter(), time.process_time())))
         total = time.perf_counter() - t0
         return (out, total, [y[0] - x[0] for x, y in zip(marks, marks[1:])],
                 [y[1] - x[1] for x, y in zip(marks, marks[1:])])

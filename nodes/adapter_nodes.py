@@ -33,8 +33,10 @@ class AttachMotionAdapter:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video_model": (VIDEO_MODEL,),
-            "adapter_name": (adapter_files("motion"), {"tooltip": "A Motion Adapter from models/still_moving/motion/."}),
+            "video_model": (VIDEO_MODEL, {"tooltip": "The video model, usually after the customized model and its "
+                                                     "Spatial Adapters."}),
+            "adapter_name": (adapter_files("motion"), {"tooltip": "A Motion Adapter from models/still_moving/motion/ "
+                                                                  "(ignored when the adapter input is linked)."}),
             "motion_scale": ("FLOAT", {"default": 0.0, "min": -2.0, "max": 2.0, "step": 0.05,
                                        "tooltip": "α: 0 = the model's own motion, 1 = frozen (static) video, "
                                                   "negative = more motion than the original. Behind Spatial Adapters "
@@ -42,8 +44,15 @@ class AttachMotionAdapter:
         }, "optional": {"adapter": (ADAPTER, {"tooltip": "A Motion Adapter straight from the trainer node."})}}
 
     RETURN_TYPES = (VIDEO_MODEL,)
+    OUTPUT_TOOLTIPS = ("The video model with the Motion Adapter as a motion slider.",)
     FUNCTION = "attach"
     CATEGORY = CATEGORY
+    DESCRIPTION = ("Attaches a Motion Adapter, a slider for the amount of motion: 0 keeps the model's own motion, "
+                   "1 freezes the video, negative values add motion.")
+
+    @classmethod
+    def IS_CHANGED(cls, adapter_name=None, **_):
+        return paths.fingerprint("still_moving", adapter_name)
 
     def attach(self, video_model, adapter_name, motion_scale, adapter=None):
         adapter, path = load_adapter(lowrank.MOTION, adapter_name, adapter)
@@ -55,17 +64,28 @@ class AttachSpatialAdapters:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video_model": (VIDEO_MODEL,),
+            "video_model": (VIDEO_MODEL, {"tooltip": "The video model with the customized model injected (the same "
+                                                     "one the adapters were trained for)."}),
             "adapter_name": (adapter_files("spatial"), {"tooltip": "Spatial Adapters from models/still_moving/spatial/, "
-                                                                  "trained for the customized model injected above."}),
-            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05}),
+                                                                  "trained for the customized model injected above "
+                                                                  "(ignored when the adapter input is linked)."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                   "tooltip": "1 as trained. Lower it if the subject looks weak in the video, "
+                                              "raise it a little if the motion still looks frozen."}),
             "merge": ("BOOLEAN", {"default": True, "tooltip": "Fold the adapters into the weights while sampling "
                                                              "(no extra cost); off computes them on the fly."}),
         }, "optional": {"adapter": (ADAPTER, {"tooltip": "Spatial Adapters straight from the trainer node."})}}
 
     RETURN_TYPES = (VIDEO_MODEL,)
+    OUTPUT_TOOLTIPS = ("The customized video model with its motion restored: connect it to the sampler.",)
     FUNCTION = "attach"
     CATEGORY = CATEGORY
+    DESCRIPTION = ("Attaches Spatial Adapters, which let an injected customized model (DreamBooth, LoRA, style) "
+                   "move naturally in the video while keeping its look.")
+
+    @classmethod
+    def IS_CHANGED(cls, adapter_name=None, **_):
+        return paths.fingerprint("still_moving", adapter_name)
 
     def attach(self, video_model, adapter_name, strength, merge, adapter=None):
         adapter, path = load_adapter(lowrank.SPATIAL, adapter_name, adapter)
@@ -78,12 +98,21 @@ class LoadAdapter:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"adapter_name": (adapter_files(""), {"tooltip": "A file from models/still_moving/."})}}
+        return {"required": {"adapter_name": (adapter_files(""), {
+            "tooltip": "A saved adapter from models/still_moving/ (motion/, spatial/, subject/, temporal/ or "
+                       "absorber/)."})}}
 
     RETURN_TYPES = (ADAPTER,)
     RETURN_NAMES = ("adapter",)
+    OUTPUT_TOOLTIPS = ("The adapter, for a trainer's adapter input or an Attach node's adapter input.",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
+    DESCRIPTION = ("Loads a saved Still-Moving adapter as a graph value, e.g. the Motion Adapter that Train Spatial "
+                   "Adapters needs.")
+
+    @classmethod
+    def IS_CHANGED(cls, adapter_name=None, **_):
+        return paths.fingerprint("still_moving", adapter_name)
 
     def load(self, adapter_name):
         return (lowrank.LowRankAdapter.load(paths.full_path("still_moving", adapter_name)),)

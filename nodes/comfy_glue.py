@@ -1,12 +1,10 @@
 """What every node needs from ComfyUI: the device, progress with a preview, and Cancel."""
 import torch
 
+import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
-
-# SD1.5 latent -> RGB (a linear fit, good enough for a live preview)
-_LATENT_RGB = torch.tensor([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
-                            [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]])
+import latent_preview
 
 
 def tokenizer_dir():
@@ -36,22 +34,25 @@ def make_room():
         mm.soft_empty_cache()
 
 
-def preview(latents):
-    """A small RGB image of the middle frame of (1, C, F, h, w) latents, for the progress bar."""
-    from PIL import Image
-    frame = latents[0, :, latents.shape[2] // 2].float().cpu()
-    rgb = torch.einsum("chw,cr->hwr", frame, _LATENT_RGB)
-    rgb = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
-    return ("JPEG", Image.fromarray(rgb), 512)
+def preview_frame(latents):
+    """The middle frame of (1, C, F, h, w) diffusers-scaled latents as ComfyUI's sampler hands
+    latents to its previewer: (1, C, h, w), SD1.5-scaled (the same scaling diffusers uses)."""
+    return latents[:, :, latents.shape[2] // 2].float()
 
 
 def step_callback(total):
-    """Progress + preview + Cancel between steps."""
+    """Progress + preview + Cancel between steps. The preview is ComfyUI's own previewer (the
+    user's --preview-method and --preview-size; none sends no image) of the step's denoised
+    estimate, as ComfyUI's KSampler shows it."""
     bar = comfy.utils.ProgressBar(total)
+    previewer = latent_preview.get_previewer(device(), comfy.latent_formats.SD15())
 
-    def callback(step, total_steps, latents):
+    def callback(step, total_steps, latents, denoised):
         mm.throw_exception_if_processing_interrupted()
-        bar.update_absolute(step, total_steps, preview(latents))
+        image = None
+        if previewer is not None:
+            image = previewer.decode_latent_to_preview_image("JPEG", preview_frame(denoised).to(device()))
+        bar.update_absolute(step, total_steps, image)
     return callback
 
 

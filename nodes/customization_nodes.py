@@ -1,7 +1,8 @@
 """CustomCrafter and Customize-A-Video nodes: thin glue over ``adapters.customize``."""
 from ..adapters import customize, lowrank, schedule, training
 from .adapter_nodes import ADAPTER, FROM_INPUT, adapter_files, load_adapter
-from .training_nodes import CLIPS, _resume_choices, _settings_inputs, _Trainer
+from . import paths
+from .training_nodes import CLIPS, _name_input, _resume_input, _settings_inputs, _Trainer
 from .video_model_nodes import CATEGORY, VIDEO_MODEL
 
 WEIGHT_SCHEDULE = "SM_WEIGHT_SCHEDULE"
@@ -29,6 +30,7 @@ class WeightScheduleNode:
 
     RETURN_TYPES = (WEIGHT_SCHEDULE,)
     RETURN_NAMES = ("weight_schedule",)
+    OUTPUT_TOOLTIPS = ("Connect to the Still-Moving Sampler's weight_schedule input.",)
     FUNCTION = "make"
     CATEGORY = CATEGORY
     DESCRIPTION = ("CustomCrafter's Dynamic Weighted Video Sampling: a low weight for the spatial customizations "
@@ -46,6 +48,10 @@ class _Attach:
     FUNCTION = "attach"
     CATEGORY = CATEGORY
 
+    @classmethod
+    def IS_CHANGED(cls, adapter_name=None, **_):
+        return paths.fingerprint("still_moving", adapter_name)
+
     def attach(self, video_model, adapter_name, strength, merge, adapter=None):
         adapter, path = load_adapter(self.KIND, adapter_name, adapter)
         return (customize.attach(video_model, adapter, strength, merge, kind=self.KIND, source=str(path)),)
@@ -57,14 +63,16 @@ class AttachSubjectModule(_Attach):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video_model": (VIDEO_MODEL,),
+            "video_model": (VIDEO_MODEL, {"tooltip": "The base video model the subject module was trained in."}),
             "adapter_name": (_choices(cls.KIND), {"tooltip": "A subject module from models/still_moving/subject/, or "
                                                              "'(adapter input)' to use the linked adapter."}),
             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
-                                   "tooltip": "A weight schedule on the sampler multiplies this per step."}),
+                                   "tooltip": "1 as trained; a weight schedule on the sampler multiplies this per "
+                                              "step."}),
             "merge": ("BOOLEAN", {"default": True, "tooltip": "Fold into the weights while sampling (no extra cost)."}),
         }, "optional": {"adapter": (ADAPTER, {"tooltip": "A subject module straight from the trainer node."})}}
 
+    OUTPUT_TOOLTIPS = ("The video model drawing the subject; sample it with a Weight Schedule (CustomCrafter).",)
     DESCRIPTION = "Attaches a CustomCrafter subject module (spatial Q/K/V update) to the video model."
 
 
@@ -74,15 +82,16 @@ class AttachTemporalLoRA(_Attach):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video_model": (VIDEO_MODEL,),
+            "video_model": (VIDEO_MODEL, {"tooltip": "The video model to give the reference video's motion."}),
             "adapter_name": (_choices(cls.KIND), {"tooltip": "A temporal LoRA from models/still_moving/temporal/, or "
                                                              "'(adapter input)' to use the linked adapter."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05,
-                                   "tooltip": "Chain several of these nodes to combine motions: their weight "
-                                              "changes add up. Negative values are allowed."}),
+                                   "tooltip": "1 as trained; 0.5-1 for a softer copy of the motion. Chain several "
+                                              "of these nodes to combine motions: their weight changes add up."}),
             "merge": ("BOOLEAN", {"default": True, "tooltip": "Fold into the weights while sampling (no extra cost)."}),
         }, "optional": {"adapter": (ADAPTER, {"tooltip": "A temporal LoRA straight from the trainer node."})}}
 
+    OUTPUT_TOOLTIPS = ("The video model moving like the reference video.",)
     DESCRIPTION = ("Attaches a Customize-A-Video temporal LoRA (a reference video's motion). Stacks with other "
                    "temporal LoRAs, Spatial Adapters and an injected customized checkpoint.")
 
@@ -102,13 +111,14 @@ class TrainSubjectModule(_Trainer):
                                                        "Folder / from Images), captioned with a rare trigger word, "
                                                        "e.g. 'a photo of sks dog'. Each becomes a still clip."})}
         req.update(_settings_inputs(rank=4, lr=1e-4, steps=1000))
-        req["name"] = ("STRING", {"default": "subject_module"})
+        req["name"] = _name_input("subject_module")
         req["prior_ratio"] = ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
-                                        "tooltip": "Share of steps on the prior-preservation images."})
+                                        "tooltip": "Share of steps on the prior-preservation images (0.5 is a good "
+                                                   "start; 0 without prior_images)."})
         return {"required": req, "optional": {
             "prior_images": (CLIPS, {"tooltip": "Class images for prior preservation (e.g. 'a photo of a dog' made by "
                                                 "the base checkpoint); CustomCrafter used about 200."}),
-            "resume_from": (_resume_choices(lowrank.SUBJECT),)}, "hidden": {"unique_id": "UNIQUE_ID"}}
+            "resume_from": _resume_input(lowrank.SUBJECT)}, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     DESCRIPTION = ("CustomCrafter: trains a subject module (rank-4 update on Q/K/V of the spatial self- and cross-"
                    "attention; temporal layers untouched) on still clips of the reference images. The paper also "
@@ -131,8 +141,8 @@ class TrainAppearanceAbsorber(_Trainer):
                "reference_video": (CLIPS, {"tooltip": "The one reference video (Training Clips from Video Folder), "
                                                       "captioned with what it shows."})}
         req.update(_settings_inputs(rank=16, lr=1e-4, steps=300))
-        req["name"] = ("STRING", {"default": "appearance_absorber"})
-        return {"required": req, "optional": {"resume_from": (_resume_choices(lowrank.ABSORBER),)},
+        req["name"] = _name_input("appearance_absorber")
+        return {"required": req, "optional": {"resume_from": _resume_input(lowrank.ABSORBER)},
                 "hidden": {"unique_id": "UNIQUE_ID"}}
 
     DESCRIPTION = ("Customize-A-Video, stage 1: an appearance absorber (spatial attention update) trained on the "
@@ -154,12 +164,12 @@ class TrainTemporalLoRA(_Trainer):
         req = {"video_model": (VIDEO_MODEL, {"tooltip": "The base video model (the one the absorber was trained in)."}),
                "reference_video": (CLIPS, {"tooltip": "The same reference video, real frames in order."})}
         req.update(_settings_inputs(rank=32, lr=5e-4, steps=300))
-        req["name"] = ("STRING", {"default": "temporal_lora"})
+        req["name"] = _name_input("temporal_lora")
         return {"required": req, "optional": {
             "absorber": (ADAPTER, {"tooltip": "From Train Appearance Absorber: attached and frozen during this run so "
                                               "the temporal LoRA learns the motion, not the look. Without it the "
                                               "LoRA also learns the video's appearance."}),
-            "resume_from": (_resume_choices(lowrank.TEMPORAL),)}, "hidden": {"unique_id": "UNIQUE_ID"}}
+            "resume_from": _resume_input(lowrank.TEMPORAL)}, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     DESCRIPTION = ("Customize-A-Video, stage 2: a temporal LoRA (Q/K/V/out of the temporal attention) trained on "
                    "the reference video with the absorber frozen. Defaults follow MotionDirector's public recipe "

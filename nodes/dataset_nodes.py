@@ -10,6 +10,8 @@ CLIPS = "SM_CLIPS"
 CATEGORY = "Still-Moving/training"
 RETURNS = (CLIPS, "INT")
 RETURN_NAMES = ("clips", "count")
+OUTPUT_TOOLTIPS = ("Training clips with their captions, for a trainer node or Merge Training Clips.",
+                   "How many clips there are, to check that every file was read.")
 MAX_SIDE = ("INT", {"default": 1024, "min": 0, "max": 8192, "step": 8,
                     "tooltip": "Frames larger than this (longest side, pixels) are scaled down when read, so a "
                                "folder of HD videos does not fill the memory. Training crops and resizes them to "
@@ -67,6 +69,7 @@ class ClipsFromImages:
 
     RETURN_TYPES = RETURNS
     RETURN_NAMES = RETURN_NAMES
+    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
     FUNCTION = "make"
     CATEGORY = CATEGORY
     DESCRIPTION = "Turns an IMAGE batch into training clips (one still per image) with captions."
@@ -94,6 +97,7 @@ class ImageFolderClips:
 
     RETURN_TYPES = RETURNS
     RETURN_NAMES = RETURN_NAMES
+    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
     FUNCTION = "load"
     CATEGORY = CATEGORY
     DESCRIPTION = "Reads still images (and .txt captions) from a folder under ComfyUI's input folder."
@@ -113,10 +117,9 @@ class VideoFolderClips:
         return {"required": {
             "folder": ("STRING", {"default": "still_moving/videos",
                                   "tooltip": "A folder inside ComfyUI's input folder holding natural videos "
-                                             "(.mp4/.webm/.mov/.mkv/.gif, animated .webp) or sub-folders of frame images. They "
-                                             "train the Motion Adapter (as frozen videos) and keep the video "
-                                             "prior (motion, diverse backgrounds) while training the Spatial "
-                                             "Adapters; the paper used about 40. A same-name .txt is the caption."}),
+                                             "(.mp4/.webm/.mov/.mkv/.gif, animated .webp) or sub-folders of "
+                                             "frame images, for the Motion Adapter or as prior videos; the paper "
+                                             "used about 40. A same-name .txt is the caption."}),
             "frames": ("INT", {"default": 16, "min": 2, "max": 64,
                                "tooltip": "Frames kept per clip, from the start. Use the number of frames you "
                                           "will train with (16 is what AnimateDiff was trained on). Shorter "
@@ -132,6 +135,7 @@ class VideoFolderClips:
 
     RETURN_TYPES = RETURNS
     RETURN_NAMES = RETURN_NAMES
+    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
     FUNCTION = "load"
     CATEGORY = CATEGORY
     DESCRIPTION = "Reads video clips (and .txt captions) from a folder under ComfyUI's input folder."
@@ -184,6 +188,7 @@ class GeneratePriorClips:
 
     RETURN_TYPES = RETURNS
     RETURN_NAMES = RETURN_NAMES
+    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
     FUNCTION = "generate"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Makes natural videos with the base video model for prior preservation, when you have "
@@ -210,6 +215,7 @@ class MergeClips:
 
     RETURN_TYPES = RETURNS
     RETURN_NAMES = RETURN_NAMES
+    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
     FUNCTION = "merge"
     CATEGORY = CATEGORY
     DESCRIPTION = "Joins two sets of training clips into one."

@@ -1,4 +1,5 @@
 """Model folders: where users already keep AnimateDiff files, plus the pack's own folder."""
+import hashlib
 import os
 
 import folder_paths
@@ -96,3 +97,33 @@ def clip_scoring_path(listed):
     raise FileNotFoundError(f"'{listed}' is not a CLIP model folder under models/still_moving/clip_scoring/ or "
                             "models/clip_vision/. Put a CLIPModel folder (saved with save_pretrained) there and "
                             "press 'r' in ComfyUI to refresh the lists.")
+
+
+def stat_fingerprint(path):
+    """Path, size, dates and inode of a file, or of every file inside a folder: changes when the
+    content is rewritten (in place or replaced), without reading multi-GB checkpoints."""
+    path = os.path.realpath(path)
+    targets = [path]
+    if os.path.isdir(path):
+        targets = []
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+            dirnames.sort()
+            targets += [os.path.join(dirpath, n) for n in sorted(filenames)]
+    h = hashlib.sha256()
+    for target in targets:
+        st = os.stat(target)
+        h.update(f"{target}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}\n".encode())
+    return h.hexdigest()
+
+
+def fingerprint(kind, name):
+    """What a node's IS_CHANGED returns for a file picked from models/<kind>: ComfyUI re-runs the
+    node when it changes instead of reusing its cached output. Never raises (a missing file is
+    reported when the node runs); a linked or placeholder value is returned as it is."""
+    if not isinstance(name, str) or name.startswith("("):
+        return repr(name)
+    try:
+        path = clip_scoring_path(name) if kind == "clip_scoring" else full_path(kind, name)
+        return stat_fingerprint(path)
+    except Exception as e:  # noqa: BLE001  (IS_CHANGED must answer; the node itself explains)
+        return f"unreadable {kind}/{name}: {e}"

@@ -8,39 +8,60 @@ class SampleVideo:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video_model": (VIDEO_MODEL,),
-            "prompt": ("STRING", {"multiline": True, "default": "a photo of a cat walking on the beach"}),
-            "negative_prompt": ("STRING", {"multiline": True, "default": "blurry, low quality"}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
-            "steps": ("INT", {"default": 25, "min": 1, "max": 200}),
-            "cfg": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.1}),
-            "scheduler": (list(sampling.SCHEDULERS), {"default": "euler"}),
+            "video_model": (VIDEO_MODEL, {"tooltip": "The video model, with any customization and adapters "
+                                                     "attached."}),
+            "prompt": ("STRING", {"multiline": True, "default": "a photo of a cat walking on the beach",
+                                  "tooltip": "What the video shows and how it moves; include the customization's "
+                                             "trigger words. Ignored when positive is linked."}),
+            "negative_prompt": ("STRING", {"multiline": True, "default": "blurry, low quality",
+                                           "tooltip": "What to avoid. Ignored when negative is linked."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "The starting noise: the same seed and settings give the same video."}),
+            "steps": ("INT", {"default": 25, "min": 1, "max": 200,
+                              "tooltip": "Denoising steps: 20-30 for euler, ddim and dpmpp_2m; 4-8 for lcm."}),
+            "cfg": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.1,
+                              "tooltip": "How closely the video follows the prompt: 7-8 usually; about 1.5 for lcm."}),
+            "scheduler": (list(sampling.SCHEDULERS), {
+                "default": "euler", "tooltip": "The sampling method. euler or dpmpp_2m are good defaults; lcm only "
+                                               "with an AnimateLCM motion module."}),
             "beta_schedule": (list(sampling.BETA_SCHEDULES), {
                 "default": "linear", "tooltip": "AnimateDiff was trained with 'linear'; 'scaled_linear' (SD's) "
                                                "often looks washed out with motion modules."}),
-            "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8}),
-            "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8}),
-            "frames": ("INT", {"default": 16, "min": 1, "max": 1024}),
+            "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
+                              "tooltip": "Video width in pixels; SD1.5 models look best around 512."}),
+            "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
+                               "tooltip": "Video height in pixels; SD1.5 models look best around 512."}),
+            "frames": ("INT", {"default": 16, "min": 1, "max": 1024,
+                               "tooltip": "Number of frames; 16 is what the motion modules were trained on. "
+                                          "Beyond the motion module's length (24 for v1, 32 for v2 and v3) set a "
+                                          "context mode."}),
             "context_mode": (list(sampling.CONTEXT_MODES), {
                 "default": "none", "tooltip": "For videos longer than the motion module's window: 'sliding' "
                                               "denoises overlapping windows, 'freenoise' also reuses the first "
                                               "window's noise so content stays consistent."}),
             "context_length": ("INT", {"default": 16, "min": 2, "max": 32,
                                        "tooltip": "Frames per window (16 is what the motion modules were trained on)."}),
-            "context_overlap": ("INT", {"default": 4, "min": 0, "max": 31}),
+            "context_overlap": ("INT", {"default": 4, "min": 0, "max": 31,
+                                        "tooltip": "Frames shared by neighbouring windows, so they blend without "
+                                                   "seams; about a quarter of context_length."}),
         }, "optional": {
             "positive": ("CONDITIONING", {"tooltip": "From ComfyUI's CLIP Text Encode: replaces the prompt text, "
                                                      "so prompt weighting and embeddings work."}),
-            "negative": ("CONDITIONING",),
+            "negative": ("CONDITIONING", {"tooltip": "From ComfyUI's CLIP Text Encode: replaces the "
+                                                     "negative_prompt text."}),
             "weight_schedule": ("SM_WEIGHT_SCHEDULE", {"tooltip": "From Weight Schedule (CustomCrafter): the weight "
                                                                   "of the spatial customizations per step."}),
         }}
 
     RETURN_TYPES = ("LATENT", "IMAGE")
     RETURN_NAMES = ("latent", "frames")
+    OUTPUT_TOOLTIPS = ("The video as latents, one per frame, for ComfyUI's latent nodes (e.g. VAE Decode).",
+                       "The decoded frames as an image batch, for Save Animated WEBP, Video Combine or Preview "
+                       "Image.")
     FUNCTION = "sample"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Generates a video with the (customized) AnimateDiff model."
+    DESCRIPTION = ("Generates a video with the (customized) AnimateDiff model. Shows a live preview of each step "
+                   "when ComfyUI's preview method is set (e.g. --preview-method auto).")
 
     def sample(self, video_model, prompt, negative_prompt, seed, steps, cfg, scheduler, beta_schedule, width,
                height, frames, context_mode, context_length, context_overlap, positive=None, negative=None,

@@ -12,7 +12,7 @@ _CACHE = {}  # folder -> ClipScorer: one CLIP model kept between runs
 def _scorer(name):
     path = paths.clip_scoring_path(name)
     device = comfy_glue.device()
-    key = (path, str(device))
+    key = (path, paths.stat_fingerprint(path), str(device))  # a rewritten folder is loaded again
     if key not in _CACHE:
         _CACHE.clear()
         _CACHE[key] = scoring.ClipScorer.load(path, device)
@@ -50,6 +50,10 @@ class ScoreVideo:
     OUTPUT_NODE = True
     DESCRIPTION = ("Scores a video: amount of motion and temporal consistency, and with a local CLIP model "
                    "CLIP-T (prompt) and CLIP-I (customization images), as in the Still-Moving paper.")
+
+    @classmethod
+    def IS_CHANGED(cls, clip_model=None, **_):
+        return "" if clip_model == NO_CLIP else paths.fingerprint("clip_scoring", clip_model)
 
     def score(self, frames, prompt, clip_model, mask_threshold, references=None):
         clip = None if clip_model == NO_CLIP else _scorer(clip_model)

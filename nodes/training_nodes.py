@@ -7,7 +7,7 @@ import folder_paths
 
 from ..adapters import data, lowrank, training
 from ..adapters.files import safe_child
-from . import comfy_glue
+from . import comfy_glue, paths
 from .adapter_nodes import ADAPTER
 from .video_model_nodes import VIDEO_MODEL
 
@@ -17,20 +17,51 @@ LOSS_EVENT = "still_moving.loss"
 
 def _settings_inputs(rank, lr, steps):
     return {
-        "steps": ("INT", {"default": steps, "min": 1, "max": 100000}),
-        "learning_rate": ("FLOAT", {"default": lr, "min": 1e-7, "max": 1.0, "step": 1e-6, "round": False}),
-        "rank": ("INT", {"default": rank, "min": 1, "max": 256, "tooltip": "Low-rank size of the adapter."}),
-        "batch": ("INT", {"default": 1, "min": 1, "max": 64}),
-        "frames": ("INT", {"default": 16, "min": 2, "max": 32}),
-        "width": ("INT", {"default": 256, "min": 64, "max": 1024, "step": 8}),
-        "height": ("INT", {"default": 256, "min": 64, "max": 1024, "step": 8}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF}),
-        "mixed_precision": (["bf16", "fp16", "no"], {"default": "bf16", "tooltip": "CUDA only; fp32 on the CPU."}),
-        "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Recompute each layer in the backward pass: a training step at SD1.5 + v2 size (16 frames, 256 px) peaked at 7.3 GiB instead of over 21 GiB, at the cost of running the forward pass twice."}),
-        "save_every": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "0: save at the end (and on Cancel)."}),
-        "name": ("STRING", {"default": "still_moving", "tooltip": "File name (no folders); a number is added "
-                                                                  "rather than overwrite a file."}),
+        "steps": ("INT", {"default": steps, "min": 1, "max": 100000,
+                          "tooltip": "Training steps. The default is a reasonable first run; watch the loss curve "
+                                     "and resume for more if it is still falling."}),
+        "learning_rate": ("FLOAT", {"default": lr, "min": 1e-7, "max": 1.0, "step": 1e-6, "round": False,
+                                    "tooltip": "How big each learning step is. Keep the default; lower it (e.g. by "
+                                               "half) if the loss curve jumps around or the result degrades."}),
+        "rank": ("INT", {"default": rank, "min": 1, "max": 256,
+                         "tooltip": "Size of the adapter (low-rank size): higher can learn more detail but makes "
+                                    "bigger files; the default suits most uses."}),
+        "batch": ("INT", {"default": 1, "min": 1, "max": 64,
+                          "tooltip": "Clips per training step. 1 works; raise it only if the GPU has memory to "
+                                     "spare."}),
+        "frames": ("INT", {"default": 16, "min": 2, "max": 32,
+                           "tooltip": "Frames per training clip: 16 as AnimateDiff was trained; fewer saves "
+                                      "memory."}),
+        "width": ("INT", {"default": 256, "min": 64, "max": 1024, "step": 8,
+                          "tooltip": "Training width in pixels: 256 is fast and enough to learn the adapter; 512 "
+                                     "for finer detail if memory allows."}),
+        "height": ("INT", {"default": 256, "min": 64, "max": 1024, "step": 8,
+                           "tooltip": "Training height in pixels, like width."}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,
+                         "tooltip": "Seeds the run's random choices (clips, noise, starting weights): the same "
+                                    "seed and settings train the same adapter."}),
+        "mixed_precision": (["bf16", "fp16", "no"], {
+            "default": "bf16", "tooltip": "Faster, lighter training on a CUDA GPU: bf16 on recent GPUs, fp16 on "
+                                          "older ones, no for full precision. The CPU always uses full precision."}),
+        "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Uses far less GPU memory at the cost "
+                                               "of slower steps (each layer is computed twice). Keep on unless "
+                                               "the GPU has plenty of memory."}),
+        "save_every": ("INT", {"default": 0, "min": 0, "max": 100000,
+                               "tooltip": "Save the adapter every this many steps, so a long run can be resumed; "
+                                          "0 saves at the end (and on Cancel)."}),
+        "name": _name_input("still_moving"),
     }
+
+
+def _name_input(default):
+    return ("STRING", {"default": default, "tooltip": "File name (no folders); a number is added rather than "
+                                                      "overwrite a file."})
+
+
+def _resume_input(kind):
+    return (_resume_choices(kind), {"tooltip": "Continue a saved run of this kind from its last saved step up to "
+                                               "`steps`, saving to the same file (use the same rank); 'none' "
+                                               "starts a new adapter."})
 
 
 def _out_path(kind, name):
@@ -57,6 +88,14 @@ class _Trainer:
     OUTPUT_NODE = True
     RETURN_TYPES = (ADAPTER, "STRING", "IMAGE")
     RETURN_NAMES = ("adapter", "path", "loss_curve")
+    OUTPUT_TOOLTIPS = ("The trained adapter, for an Attach node or another trainer in the same graph.",
+                       "Where the adapter file was saved (under models/still_moving/).",
+                       "The loss per step as an image: it should fall and then level off.")
+
+    @classmethod
+    def IS_CHANGED(cls, resume_from="none", **_):
+        """A resumed run re-runs when the file it resumes from changes."""
+        return "none" if resume_from in (None, "none") else paths.fingerprint("still_moving", resume_from)
 
     def _train(self, kind, video_model, custom, prior, motion_adapter, s, width, height, name, resume_from,
                unique_id):
@@ -101,11 +140,13 @@ class TrainMotionAdapter(_Trainer):
         req = {"video_model": (VIDEO_MODEL, {"tooltip": "The BASE video model (no customization injected)."}),
                "videos": (CLIPS, {"tooltip": "Natural videos; each step freezes one random frame of one video."})}
         req.update(_settings_inputs(rank=8, lr=1e-4, steps=2000))
-        req["name"] = ("STRING", {"default": "motion_adapter"})
-        return {"required": req, "optional": {"resume_from": (_resume_choices("motion"),)},
+        req["name"] = _name_input("motion_adapter")
+        return {"required": req, "optional": {"resume_from": _resume_input("motion")},
                 "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    DESCRIPTION = "Trains the Motion Adapter on frozen videos (paper §3.2); saved to models/still_moving/motion/."
+    DESCRIPTION = ("Trains the Motion Adapter: it learns to make the base video model output still videos, which "
+                   "later lets Spatial Adapters learn from still images. Train it once per motion module (paper "
+                   "§3.2); saved to models/still_moving/motion/.")
 
     def train(self, video_model, videos, steps, learning_rate, rank, batch, frames, width, height, seed,
               mixed_precision, gradient_checkpointing, save_every, name, resume_from="none", unique_id=None):
@@ -124,23 +165,26 @@ class TrainSpatialAdapters(_Trainer):
                "customized_stills": (CLIPS, {"tooltip": "Images made by the customized T2I model, with captions."}),
                "prior_videos": (CLIPS, {"tooltip": "Natural videos for prior preservation (α = 0)."})}
         req.update(_settings_inputs(rank=16, lr=1e-4, steps=1000))
-        req["name"] = ("STRING", {"default": "spatial_adapters"})
+        req["name"] = _name_input("spatial_adapters")
         req["prior_ratio"] = ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
-                                        "tooltip": "Share of steps on the prior videos."})
-        req["target_layers"] = (list(lowrank.SPATIAL_TARGETS), {"default": "all", "tooltip": "all: after every "
-                                "injected linear/conv (the paper's wording); attention: spatial-transformer "
-                                "linears only; block_outputs: the last layer of each spatial block."})
-        req["interleaved"] = ("BOOLEAN", {"default": False, "tooltip": "The paper's baseline instead: stills with "
-                                          "the temporal layers off, alternating with videos."})
+                                        "tooltip": "Share of steps on the prior videos, which keep the model's "
+                                                   "natural motion; 0.5 is a good start."})
+        req["target_layers"] = (list(lowrank.SPATIAL_TARGETS), {"default": "all", "tooltip": "Where the adapters "
+                                "sit. all (recommended): after every customized layer; attention: the "
+                                "transformer blocks' layers only (smaller files); block_outputs: the last layer of each block."})
+        req["interleaved"] = ("BOOLEAN", {"default": False, "tooltip": "Leave off. On: the paper's baseline "
+                                          "instead (stills with the temporal layers off, alternating with videos), "
+                                          "for comparisons."})
         return {"required": req, "optional": {
-            "resume_from": (_resume_choices("spatial"),),
+            "resume_from": _resume_input("spatial"),
             "caption_dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
                                 "Share of steps trained with the empty prompt. Try 0.1-0.2 if the trained "
                                 "adapters lose the customization at your CFG but keep it at CFG 1: the "
                                 "customized checkpoint's empty prompt then draws the subject too."})},
                 "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    DESCRIPTION = "Trains Spatial Adapters for an injected customized model (paper §3.3); saved to models/still_moving/spatial/."
+    DESCRIPTION = ("Trains Spatial Adapters for an injected customized model, so it keeps its look and moves "
+                   "naturally (paper §3.3); saved to models/still_moving/spatial/.")
 
     def train(self, video_model, motion_adapter, customized_stills, prior_videos, steps, learning_rate, rank, batch,
               frames, width, height, seed, mixed_precision, gradient_checkpointing, save_every, name, prior_ratio,

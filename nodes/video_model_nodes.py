@@ -18,14 +18,22 @@ class LoadVideoModel:
             "motion_module": (paths.files("animatediff_models"), {
                 "tooltip": "AnimateDiff SD1.5 motion module (v1, v2 or v3) from models/animatediff_models."}),
             "dtype": (["auto", "fp32", "fp16", "bf16"], {
-                "default": "auto", "tooltip": "auto: fp16/bf16 on a CUDA GPU, fp32 on the CPU."}),
+                "default": "auto", "tooltip": "Number precision of the weights. Leave on auto: fp16 or bf16 "
+                                              "on a CUDA GPU, fp32 on the CPU."}),
         }}
 
     RETURN_TYPES = (VIDEO_MODEL,)
     RETURN_NAMES = ("video_model",)
     FUNCTION = "load"
+    OUTPUT_TOOLTIPS = ("The video model: connect it to an Inject or Attach node, or straight to the "
+                       "Still-Moving Sampler.",)
     CATEGORY = CATEGORY
-    DESCRIPTION = "Loads an AnimateDiff text-to-video model: an SD1.5 checkpoint with a motion module."
+    DESCRIPTION = ("Loads an AnimateDiff text-to-video model: the plain SD1.5 checkpoint the motion module was "
+                   "trained with, plus the motion module. Start every Still-Moving graph here.")
+
+    @classmethod
+    def IS_CHANGED(cls, ckpt_name=None, motion_module=None, **_):
+        return paths.fingerprint("checkpoints", ckpt_name) + paths.fingerprint("animatediff_models", motion_module)
 
     def load(self, ckpt_name, motion_module, dtype="auto"):
         model = loading.load_video_model(paths.full_path("checkpoints", ckpt_name),
@@ -39,17 +47,24 @@ class LoadMotionLoRA:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video_model": (VIDEO_MODEL,),
+            "video_model": (VIDEO_MODEL, {"tooltip": "The video model to add the camera motion to."}),
             "lora_name": (paths.files("animatediff_motion_lora"), {
                 "tooltip": "An AnimateDiff MotionLoRA (zoom, pan, roll...) from models/animatediff_motion_lora."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
-                                   "tooltip": "Negative values reverse the camera motion."}),
+                                   "tooltip": "How strong the camera motion is: 1 as trained, 0.5-1 for a gentler "
+                                              "move. Negative values reverse it."}),
         }}
 
     RETURN_TYPES = (VIDEO_MODEL,)
     FUNCTION = "apply"
+    OUTPUT_TOOLTIPS = ("The video model with the camera motion added.",)
     CATEGORY = CATEGORY
 
+    DESCRIPTION = "Adds an AnimateDiff MotionLoRA (a camera move such as zoom or pan) to the video model."
+
+    @classmethod
+    def IS_CHANGED(cls, lora_name=None, **_):
+        return paths.fingerprint("animatediff_motion_lora", lora_name)
     def apply(self, video_model, lora_name, strength):
         return (inject.attach_motion_lora(video_model, paths.full_path("animatediff_motion_lora", lora_name),
                                           strength),)
@@ -61,7 +76,7 @@ class InjectCheckpoint:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video_model": (VIDEO_MODEL,),
+            "video_model": (VIDEO_MODEL, {"tooltip": "The video model from Load AnimateDiff Video Model."}),
             "ckpt_name": (paths.checkpoints_and_folders(), {
                 "tooltip": "The customized SD1.5 checkpoint (DreamBooth, fine-tune, merged style)."}),
             "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
@@ -69,13 +84,22 @@ class InjectCheckpoint:
                                             "between base and customized weights; 0 leaves the base model."}),
             "inject_text_encoder": ("BOOLEAN", {"default": True,
                                                 "tooltip": "Also use the checkpoint's text encoder (DreamBooth "
-                                                           "often trains it)."}),
+                                                           "often trains it, and its trigger word needs it)."}),
         }}
 
     RETURN_TYPES = (VIDEO_MODEL,)
     FUNCTION = "inject"
+    OUTPUT_TOOLTIPS = ("The video model drawing the customized subject or style; add Spatial Adapters trained "
+                       "for this checkpoint to keep the motion.",)
     CATEGORY = CATEGORY
 
+    DESCRIPTION = ("Puts a customized SD1.5 checkpoint's weights into the video model, so its videos show the "
+                   "customized subject or style. Alone this often freezes or garbles the motion; Still-Moving's "
+                   "Spatial Adapters fix that.")
+
+    @classmethod
+    def IS_CHANGED(cls, ckpt_name=None, **_):
+        return paths.fingerprint("checkpoints", ckpt_name)
     def inject(self, video_model, ckpt_name, weight, inject_text_encoder):
         return (inject.inject_checkpoint(video_model, paths.full_path("checkpoints", ckpt_name), weight,
                                          inject_text_encoder),)
@@ -85,16 +109,28 @@ class InjectLoRA:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video_model": (VIDEO_MODEL,),
-            "lora_name": (paths.files("loras"), {"tooltip": "An SD1.5 LoRA (kohya, diffusers or peft format)."}),
-            "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05}),
-            "strength_clip": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05}),
+            "video_model": (VIDEO_MODEL, {"tooltip": "The video model to customize."}),
+            "lora_name": (paths.files("loras"), {"tooltip": "An SD1.5 LoRA (kohya, diffusers or peft format) "
+                                                           "from models/loras."}),
+            "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
+                                         "tooltip": "LoRA strength on the image model; use what works for stills "
+                                                    "(usually 0.6-1)."}),
+            "strength_clip": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
+                                        "tooltip": "LoRA strength on the text encoder; usually the same as "
+                                                   "strength_model, 0 if the LoRA has no text encoder part."}),
         }}
 
     RETURN_TYPES = (VIDEO_MODEL,)
     FUNCTION = "inject"
+    OUTPUT_TOOLTIPS = ("The video model with the LoRA's subject or style.",)
     CATEGORY = CATEGORY
 
+    DESCRIPTION = ("Puts an SD1.5 LoRA (a customized subject or style) into the video model, as Load LoRA does "
+                   "for images. Pair it with Spatial Adapters trained for it to keep the motion.")
+
+    @classmethod
+    def IS_CHANGED(cls, lora_name=None, **_):
+        return paths.fingerprint("loras", lora_name)
     def inject(self, video_model, lora_name, strength_model, strength_clip):
         return (inject.inject_lora(video_model, paths.full_path("loras", lora_name), strength_model,
                                    strength_clip),)
@@ -106,17 +142,22 @@ class InjectComfyModel:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video_model": (VIDEO_MODEL,),
+            "video_model": (VIDEO_MODEL, {"tooltip": "The video model to customize."}),
             "model": ("MODEL", {"tooltip": "An SD1.5 MODEL, e.g. from Load Checkpoint + Load LoRA."}),
-            "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05}),
+            "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                 "tooltip": "1 uses the MODEL's weights as they are; below 1 blends towards the "
+                                            "base model, 0 leaves the base model."}),
         }, "optional": {
-            "clip": ("CLIP", {"tooltip": "Its CLIP, to inject the text encoder too."}),
+            "clip": ("CLIP", {"tooltip": "Its CLIP, to inject the text encoder too (needed for trigger words)."}),
         }}
 
     RETURN_TYPES = (VIDEO_MODEL,)
     FUNCTION = "inject"
+    OUTPUT_TOOLTIPS = ("The video model drawing what the MODEL draws.",)
     CATEGORY = CATEGORY
 
+    DESCRIPTION = ("Uses a ComfyUI MODEL (and optionally its CLIP) as the customized image model, with any LoRAs "
+                   "stacked on it by ComfyUI's own nodes.")
     def inject(self, video_model, model, weight, clip=None):
         from ..adapters import detect, keys
         unet_ldm = _patched_state_dict(model, "diffusion_model.")

@@ -238,7 +238,7 @@ def test_frozen_picks_a_frame_reproducibly():
 def test_generate_prior_clips(tiny_model):
     seen = []
     clips = data.generate_prior_clips(tiny_model, "a dog running\n\nwaves", count=2, seed=7, frames=4, width=32,
-                                      height=32, steps=1, cfg=2.0, callback=lambda d, t, x: seen.append((d, t)))
+                                      height=32, steps=1, cfg=2.0, callback=lambda d, t, x, x0: seen.append((d, t)))
     assert len(clips) == 2 and all(c.frames.shape == (4, 32, 32, 3) for c in clips)
     assert [c.caption for c in clips] == ["a dog running", "waves"]
     assert seen == [(1, 2), (2, 2)]  # progress over all clips
