@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import detect, keys
+from . import detect, keys, norms
 from .errors import ModelFileError
 from .files import read_state_dict
 
@@ -206,6 +206,7 @@ def build_unet_motion(unet_sd, unet_config, motion_sd, motion_config, dtype, ckp
     state = dict(unet_sd)
     state.update(motion_sd)
     _assign(unet, state, ckpt_path if not motion_sd else f"{ckpt_path} + {mm_path}", "video UNet", dtype)
+    norms.install(unet, norms.mode_for(motion_config))  # normalize as AnimateDiff-Evolved does
     return unet.eval().requires_grad_(False)
 
 
@@ -287,5 +288,6 @@ def load_video_model(checkpoint, motion_module, dtype=torch.float32, tokenizer_d
     text_encoder = build_text_encoder(parts.pop("clip"), parts["clip_config"], dtype, checkpoint)
     tokenizer = load_tokenizer(parts["clip_config"]["vocab_size"], tokenizer_dirs)
     info = {"checkpoint": str(checkpoint), "motion_module": str(motion_module), "motion_version": version,
-            "layout": parts["layout"], "unet_config": parts["unet_config"], "dtype": str(dtype)}
+            "layout": parts["layout"], "unet_config": parts["unet_config"], "dtype": str(dtype),
+            "normalization": norms.installed_mode(unet)}
     return VideoModel(unet, text_encoder, tokenizer, vae, info)

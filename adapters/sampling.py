@@ -5,6 +5,7 @@ Matches diffusers' AnimateDiffPipeline step for step on the same model, noise an
 reports every step to a callback (progress, preview, Cancel) and handles videos longer than
 the motion module's window with sliding context windows or FreeNoise.
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -71,14 +72,18 @@ def _window_weights(length, device, dtype):
 
 
 def initial_noise(shape, seed, context=None):
-    """Seeded noise (on the CPU, so a seed gives the same video on any device).
+    """Seeded unit noise (batch, C, frames, h, w), drawn as ComfyUI's KSampler draws a video's:
+    ``torch.manual_seed(seed)``, then ``randn((batch·frames, C, h, w))`` on the CPU (one latent
+    image per frame). So a seed gives the same noise, frame for frame, in the pack and in a
+    KSampler graph, on any device.
 
     FreeNoise reuses each earlier window's noise, shuffled, for the frames after it, so long
     videos keep the content of the first window.
     """
+    batch, channels, frames, h, w = shape
     g = torch.Generator("cpu").manual_seed(int(seed))
-    noise = torch.randn(shape, generator=g, dtype=torch.float32)
-    frames = shape[2]
+    noise = torch.randn((batch * frames, channels, h, w), generator=g, dtype=torch.float32)
+    noise = noise.view(batch, frames, channels, h, w).transpose(1, 2).contiguous()
     if context is not None and context.mode == "freenoise" and frames > context.length:
         stride = context.length - context.overlap
         for start in range(context.length, frames, stride):
@@ -86,6 +91,21 @@ def initial_noise(shape, seed, context=None):
             src = torch.arange(start - context.length, start - context.length + n)
             noise[:, :, start:start + n] = noise[:, :, src[torch.randperm(n, generator=g)]]
     return noise, g
+
+
+def noise_scale(sched):
+    """The factor ComfyUI's EPS ``noise_scaling`` gives the initial noise, for a scheduler whose
+    timesteps are set: 1 for samplers on the unit-variance latent (DDIM, DPM++, LCM: diffusers'
+    ``init_noise_sigma`` is 1); in sigma space (Euler & co.) sqrt(1 + sigma²) when the first sigma
+    is the model's largest (max_denoise; diffusers' ``init_noise_sigma`` is sigma itself), else sigma."""
+    if float(sched.init_noise_sigma) == 1.0:
+        return 1.0
+    sigma = float(sched.sigmas[0])
+    abar = float(sched.alphas_cumprod[-1])
+    sigma_max = math.sqrt((1.0 - abar) / abar)
+    if math.isclose(sigma, sigma_max, rel_tol=1e-5) or sigma > sigma_max:
+        return math.sqrt(1.0 + sigma * sigma)
+    return sigma
 
 
 def encode_text(model, prompts, device):
@@ -129,7 +149,7 @@ def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="eu
     sched.set_timesteps(steps, device=device)
     shape = (1, unet.config.in_channels, frames, height // f, width // f)
     noise, generator = initial_noise(shape, seed, context)
-    x = (noise if latents is None else latents.float()).to(device) * sched.init_noise_sigma
+    x = (noise if latents is None else latents.float()).to(device) * noise_scale(sched)
     use_cfg = cfg != 1.0 and uncond is not None
     windows = context_windows(frames, context.length, context.overlap)
     cond = cond.to(device, dtype)

@@ -82,16 +82,19 @@ def run_ours(vm, cond, uncond, noise, a, frames, width, device="cpu"):
 def run_diffusers(pipe, cond, uncond, noise, a, frames, width, device="cpu"):
     import torch
 
-    from adapters.sampling import make_scheduler
+    from adapters.sampling import make_scheduler, noise_scale
     def on_step(p, i, t, kw):
         clock.mark()
         return {}
 
     clock = StepClock()
     pipe.scheduler = make_scheduler("euler", "linear")  # fresh state; ours makes one per call too
+    # the pipeline scales the latents by init_noise_sigma (sigma_max), ours as ComfyUI does
+    pipe.scheduler.set_timesteps(a.steps)
+    start = noise * (noise_scale(pipe.scheduler) / float(pipe.scheduler.init_noise_sigma))
     out = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_frames=frames, height=width, width=width,
                num_inference_steps=a.steps, guidance_scale=a.cfg,
-               latents=noise.clone().to(device, pipe.unet.dtype),  # the pipeline keeps latents in the dtype given
+               latents=start.to(device, pipe.unet.dtype),  # the pipeline keeps latents in the dtype given
                generator=torch.Generator("cpu").manual_seed(a.seed), output_type="latent",
                callback_on_step_end=on_step).frames
     return out, time.perf_counter() - clock.start, clock.intervals()

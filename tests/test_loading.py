@@ -3,13 +3,14 @@
 import pytest
 import torch
 
-from adapters import export, keys, loading, random_models
+from adapters import export, keys, loading, norms, random_models
 from adapters.errors import ModelFileError
 from adapters.files import read_state_dict
 
 
 def reference_unet(tiny_files, version, unet_sd=None):
-    """A UNetMotionModel built the ordinary way (constructor + strict load) from the source tensors."""
+    """A UNetMotionModel built the ordinary way (constructor + strict load) from the source tensors,
+    normalizing as the version asks (tests/test_same_function.py pins that normalization)."""
     from diffusers import UNetMotionModel
     cfg = dict(random_models.TINY_UNET, in_channels=4, out_channels=4, use_linear_projection=False)
     mcfg = dict(random_models.MOTION[version], block_out_channels=list(cfg["block_out_channels"]),
@@ -18,7 +19,7 @@ def reference_unet(tiny_files, version, unet_sd=None):
     state = dict(unet_sd or tiny_files.parts["unet"])
     state.update(tiny_files.motion[version])
     model.load_state_dict(state, strict=True)
-    return model.eval()
+    return norms.install(model, norms.mode_for(mcfg)).eval()
 
 
 def same(a, b):

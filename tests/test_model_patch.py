@@ -123,3 +123,33 @@ def test_strength_zero_is_the_model_itself(host, comfy_files, trained):
     key = next(iter(patched.patches))
     w = sd[key].float().clone()
     assert torch.equal(comfy.lora.calculate_weight(patched.patches[key], w.clone(), key), w)
+
+
+def test_ade_workflow_runs_with_animatediff_evolved_left_out(host, comfy_files):
+    """The shipped ADE workflow is what scripts/make_workflows.py builds; without ADE's nodes (not
+    installed here) the rest of its chain, checkpoint -> Apply Spatial Adapters -> KSampler ->
+    decode -> WebP, runs as saved."""
+    from pathlib import Path
+    from model_files import load_script
+    g = load_script("scripts/make_workflows.py").still_moving_in_animatediff_evolved()
+    shipped = Path(__file__).resolve().parent.parent / "workflows" / f"{g.name}.json"
+    assert shipped.read_text() == g.text(), "regenerate it: python scripts/make_workflows.py"
+    api = {k: v for k, v in g.api().items() if v["class_type"] != "Note"}
+    ade = {k for k, v in api.items() if v["class_type"].startswith("ADE_")}
+    assert {api[k]["class_type"] for k in ade} == {"ADE_LoadAnimateDiffModel", "ADE_AnimateDiffLoRALoader",
+                                                   "ADE_ApplyAnimateDiffModelSimple", "ADE_UseEvolvedSampling"}
+    sa = next(k for k, v in api.items() if v["class_type"] == "SM_ApplySpatialAdaptersToModel")
+    ks = next(k for k, v in api.items() if v["class_type"] == "KSampler")
+    evolved = api[ks]["inputs"]["model"][0]
+    assert api[evolved]["class_type"] == "ADE_UseEvolvedSampling" and api[evolved]["inputs"]["model"] == [sa, 0]
+    api = {k: v for k, v in api.items() if k not in ade}
+    api[ks]["inputs"]["model"] = [sa, 0]  # what bypassing ADE's nodes in the editor does
+    api[sa]["inputs"]["adapter_name"] = "spatial/model_patch_spatial_adapters.safetensors"
+    api[ks]["inputs"]["steps"] = 1
+    for v in api.values():
+        if v["class_type"] == "EmptyLatentImage":
+            v["inputs"].update(width=64, height=64, batch_size=2)
+    host.add_model("checkpoints", comfy_files.CUSTOM, comfy_files.custom)
+    result = host.run(api)
+    saved = [v["images"] for v in result.ui.values() if "images" in v]
+    assert saved and (host.output_dir / saved[0][0]["subfolder"] / saved[0][0]["filename"]).stat().st_size > 0
