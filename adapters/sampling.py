@@ -194,6 +194,19 @@ def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="eu
     return x.cpu()
 
 
+def denoised_estimate(sched, out):
+    """The clean latents (x0) a scheduler step predicted from the noise estimate, in the latents'
+    own space: what a preview shows, since the noisy latents look like noise until the end."""
+    x0 = getattr(out, "pred_original_sample", None)  # euler, euler_ancestral, ddim
+    if x0 is None:
+        x0 = getattr(out, "denoised", None)  # lcm
+    if x0 is None and getattr(sched.config, "algorithm_type", "") in ("dpmsolver++", "sde-dpmsolver++"):
+        x0 = sched.model_outputs[-1]  # DPM-Solver++ turns eps into x0 before it steps
+    if x0 is None:
+        raise TypeError(f"{type(sched).__name__} gives no denoised estimate; add it to denoised_estimate")
+    return x0
+
+
 def text_to_video(model, prompt, negative_prompt="", *, device="cpu", **sample_kw):
     """A prompt's video as frames (F, H, W, 3) in [0, 1]: ``encode_text`` + ``sample`` + ``decode``."""
     cond = encode_text(model, [prompt], device)
@@ -213,16 +226,3 @@ def decode(model, latents, chunk=8):
             img = vae.decode(z[s:s + chunk].to(vdev, vdtype)).sample
             out.append(((img.float() / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).cpu())
     return torch.cat(out)
-def denoised_estimate(sched, out):
-    """The clean latents (x0) a scheduler step predicted from the noise estimate, in the latents'
-    own space: what a preview shows, since the noisy latents look like noise until the end."""
-    x0 = getattr(out, "pred_original_sample", None)  # euler, euler_ancestral, ddim
-    if x0 is None:
-        x0 = getattr(out, "denoised", None)  # lcm
-    if x0 is None and getattr(sched.config, "algorithm_type", "") in ("dpmsolver++", "sde-dpmsolver++"):
-        x0 = sched.model_outputs[-1]  # DPM-Solver++ turns eps into x0 before it steps
-    if x0 is None:
-        raise TypeError(f"{type(sched).__name__} gives no denoised estimate; add it to denoised_estimate")
-    return x0
-
-
