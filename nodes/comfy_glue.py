@@ -88,3 +88,26 @@ def leave_inference_mode(video_model, *adapters):
                 for k, v in tensors.items():
                     if v.is_inference():
                         tensors[k] = v.clone()
+
+
+def model_extras(patcher):
+    """What a ComfyUI MODEL carries beyond its weights and weight patches (object patches, attention
+    patches, wrappers, callbacks, injections, hooks), as readable names; empty for a plain MODEL."""
+    found = []
+    found += [f"object patch '{k}'" for k in getattr(patcher, "object_patches", {})]
+    options = getattr(patcher, "model_options", {}) or {}
+    for key, value in options.items():
+        if key == "transformer_options":
+            for tkey, tvalue in (value or {}).items():
+                if tvalue:
+                    found.append(f"transformer option '{tkey}'")
+        elif value:
+            found.append(f"model option '{key}'")
+    for attr in ("wrappers", "callbacks"):
+        for kind, groups in (getattr(patcher, attr, {}) or {}).items():
+            if any(groups.values()) if isinstance(groups, dict) else groups:
+                found.append(f"{attr[:-1]} '{kind}'")
+    for attr, what in (("injections", "injection"), ("additional_models", "additional model"),
+                       ("hook_patches", "hook patch"), ("weight_wrapper_patches", "weight wrapper")):
+        found += [f"{what} '{k}'" for k in (getattr(patcher, attr, {}) or {})]
+    return found

@@ -1,5 +1,6 @@
 """Loading the AnimateDiff video model and putting a customized SD1.5 model into it."""
 from ..adapters import inject, loading
+from ..adapters.errors import ModelFileError
 from . import comfy_glue, paths
 
 VIDEO_MODEL = "SM_VIDEO_MODEL"
@@ -24,9 +25,9 @@ class LoadVideoModel:
 
     RETURN_TYPES = (VIDEO_MODEL,)
     RETURN_NAMES = ("video_model",)
-    FUNCTION = "load"
     OUTPUT_TOOLTIPS = ("The video model: connect it to an Inject or Attach node, or straight to the "
                        "Still-Moving Sampler.",)
+    FUNCTION = "load"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Loads an AnimateDiff text-to-video model: the plain SD1.5 checkpoint the motion module was "
                    "trained with, plus the motion module. Start every Still-Moving graph here.")
@@ -56,15 +57,15 @@ class LoadMotionLoRA:
         }}
 
     RETURN_TYPES = (VIDEO_MODEL,)
-    FUNCTION = "apply"
     OUTPUT_TOOLTIPS = ("The video model with the camera motion added.",)
+    FUNCTION = "apply"
     CATEGORY = CATEGORY
-
     DESCRIPTION = "Adds an AnimateDiff MotionLoRA (a camera move such as zoom or pan) to the video model."
 
     @classmethod
     def IS_CHANGED(cls, lora_name=None, **_):
         return paths.fingerprint("animatediff_motion_lora", lora_name)
+
     def apply(self, video_model, lora_name, strength):
         return (inject.attach_motion_lora(video_model, paths.full_path("animatediff_motion_lora", lora_name),
                                           strength),)
@@ -88,11 +89,10 @@ class InjectCheckpoint:
         }}
 
     RETURN_TYPES = (VIDEO_MODEL,)
-    FUNCTION = "inject"
     OUTPUT_TOOLTIPS = ("The video model drawing the customized subject or style; add Spatial Adapters trained "
                        "for this checkpoint to keep the motion.",)
+    FUNCTION = "inject"
     CATEGORY = CATEGORY
-
     DESCRIPTION = ("Puts a customized SD1.5 checkpoint's weights into the video model, so its videos show the "
                    "customized subject or style. Alone this often freezes or garbles the motion; Still-Moving's "
                    "Spatial Adapters fix that.")
@@ -100,6 +100,7 @@ class InjectCheckpoint:
     @classmethod
     def IS_CHANGED(cls, ckpt_name=None, **_):
         return paths.fingerprint("checkpoints", ckpt_name)
+
     def inject(self, video_model, ckpt_name, weight, inject_text_encoder):
         return (inject.inject_checkpoint(video_model, paths.full_path("checkpoints", ckpt_name), weight,
                                          inject_text_encoder),)
@@ -121,16 +122,16 @@ class InjectLoRA:
         }}
 
     RETURN_TYPES = (VIDEO_MODEL,)
-    FUNCTION = "inject"
     OUTPUT_TOOLTIPS = ("The video model with the LoRA's subject or style.",)
+    FUNCTION = "inject"
     CATEGORY = CATEGORY
-
     DESCRIPTION = ("Puts an SD1.5 LoRA (a customized subject or style) into the video model, as Load LoRA does "
                    "for images. Pair it with Spatial Adapters trained for it to keep the motion.")
 
     @classmethod
     def IS_CHANGED(cls, lora_name=None, **_):
         return paths.fingerprint("loras", lora_name)
+
     def inject(self, video_model, lora_name, strength_model, strength_clip):
         return (inject.inject_lora(video_model, paths.full_path("loras", lora_name), strength_model,
                                    strength_clip),)
@@ -152,17 +153,27 @@ class InjectComfyModel:
         }}
 
     RETURN_TYPES = (VIDEO_MODEL,)
-    FUNCTION = "inject"
     OUTPUT_TOOLTIPS = ("The video model drawing what the MODEL draws.",)
+    FUNCTION = "inject"
     CATEGORY = CATEGORY
-
     DESCRIPTION = ("Uses a ComfyUI MODEL (and optionally its CLIP) as the customized image model, with any LoRAs "
                    "stacked on it by ComfyUI's own nodes.")
+
     def inject(self, video_model, model, weight, clip=None):
         from ..adapters import detect, keys
         unet_ldm = _patched_state_dict(model, "diffusion_model.")
         layout, _ = detect.unet_layout(unet_ldm, "the MODEL input")
         unet, unknown = keys.unet_ldm_to_diffusers(unet_ldm, layout)
+        if unknown:
+            raise ModelFileError("the MODEL input", f"its UNet has {len(unknown)} tensors an SD1.5 UNet does not "
+                                 f"have (e.g. {', '.join(sorted(unknown)[:3])}).",
+                                 "Connect a plain SD1.5 MODEL (Load Checkpoint, LoRA loaders).")
+        extras = comfy_glue.model_extras(model)
+        if extras:
+            raise ModelFileError("the MODEL input", "it carries parts the Still-Moving sampler cannot run: "
+                                 + ", ".join(extras[:6]) + ".",
+                                 "Connect the MODEL before those nodes (weights and LoRAs are taken), or use the "
+                                 "native route: Apply Spatial Adapters to MODEL, then AnimateDiff-Evolved and KSampler.")
         text = None
         if clip is not None:
             sd = _patched_state_dict(clip.patcher, "clip_l.transformer.")
