@@ -54,6 +54,10 @@ class ExportSpatialLoRA:
                    "exact only on the customized checkpoint it was exported from (named in the file): load that "
                    "checkpoint and apply the LoRA at strength 1.")
 
+    @classmethod
+    def IS_CHANGED(cls, adapter_name=None, **_):
+        return paths.fingerprint("still_moving", adapter_name)
+
     def export(self, video_model, adapter_name, strength, filename, dtype, adapter=None):
         adapter, source = load_adapter(lowrank.SPATIAL, adapter_name, adapter)
         path = export.export_spatial_lora(video_model, adapter, _target("loras", filename), strength, source, dtype)
@@ -76,6 +80,10 @@ class ExportMergedCheckpoint:
     CATEGORY = EXPORT_CATEGORY
     DESCRIPTION = ("Saves the customized model with the Spatial Adapters folded in as an ordinary SD1.5 checkpoint in "
                    "models/checkpoints/ (UNet, VAE, text encoder), for Load Checkpoint or diffusers.")
+
+    @classmethod
+    def IS_CHANGED(cls, adapter_name=None, **_):
+        return paths.fingerprint("still_moving", adapter_name)
 
     def export(self, video_model, adapter_name, strength, filename, dtype, adapter=None):
         adapter, source = load_adapter(lowrank.SPATIAL, adapter_name, adapter)
@@ -117,6 +125,10 @@ class ExportMotionLoRA:
     DESCRIPTION = ("Saves a Motion Adapter (or a temporal LoRA) as an AnimateDiff MotionLoRA in "
                    "models/animatediff_motion_lora/, with alpha baked in, for AnimateDiff-Evolved's Load AnimateDiff "
                    "LoRA (strength 1) or this pack's Load MotionLoRA. Use it with the motion module it was trained on.")
+
+    @classmethod
+    def IS_CHANGED(cls, adapter_name=None, **_):
+        return paths.fingerprint("still_moving", adapter_name)
 
     def export(self, adapter_name, alpha, filename, dtype, adapter=None):
         if adapter is not None:

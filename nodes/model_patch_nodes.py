@@ -10,6 +10,7 @@ import torch
 import comfy.weight_adapter
 
 from ..adapters import detect, keys, lowrank
+from . import paths
 from .adapter_nodes import ADAPTER, adapter_files, load_adapter
 from .video_model_nodes import CATEGORY
 
@@ -94,6 +95,10 @@ class ApplySpatialAdaptersToModel:
                    "moves like the base model in AnimateDiff-Evolved graphs (any sampler, context options, "
                    "ControlNet...). Use the checkpoint the adapters were trained for; LoRAs loaded before this "
                    "node stay exact.")
+
+    @classmethod
+    def IS_CHANGED(cls, adapter_name=None, **_):
+        return paths.fingerprint("still_moving", adapter_name)
 
     def apply(self, model, adapter_name, strength, adapter=None):
         adapter, path = load_adapter(lowrank.SPATIAL, adapter_name, adapter)
