@@ -1,10 +1,14 @@
 """The one sampling loop of the pack: text-to-video with CFG, any scheduler, context windows.
 
-Matches diffusers' AnimateDiffPipeline step for step on the same model, noise and scheduler
-(checked by ``benchmarks/bench_sampling.py``), but works on a ``VideoModel`` with its patches,
-reports every step to a callback (progress, preview, Cancel) and handles videos longer than
-the motion module's window with sliding context windows or FreeNoise.
+From a seed, computes what ComfyUI's KSampler computes with AnimateDiff-Evolved on the same
+files (the same initial noise and scaling, Euler's sigmas and timesteps, denoise:
+``benchmarks/compare_ade.py``, ``tests/test_sampler_inputs.py``), and matches diffusers'
+AnimateDiffPipeline step for step from the same start (``benchmarks/bench_sampling.py``). It
+works on a ``VideoModel`` with its patches, reports every step to a callback (progress, preview,
+Cancel) and handles videos longer than the motion module's window with sliding context windows
+or FreeNoise.
 """
+import functools
 import math
 from dataclasses import dataclass
 
@@ -28,9 +32,9 @@ def make_scheduler(name="euler", beta_schedule="linear"):
     if name == "ddim":
         return d.DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
     if name == "euler":
-        return d.EulerDiscreteScheduler(**common)
+        return _comfy_stepping(d.EulerDiscreteScheduler)(**common)
     if name == "euler_ancestral":
-        return d.EulerAncestralDiscreteScheduler(**common)
+        return _comfy_stepping(d.EulerAncestralDiscreteScheduler)(**common)
     if name.startswith("dpmpp_2m"):
         return d.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
                                              use_karras_sigmas=name.endswith("karras"))
@@ -93,19 +97,97 @@ def initial_noise(shape, seed, context=None):
     return noise, g
 
 
+def _start(sched):
+    """(index of the first step in the scheduler's schedule, its sigma, whether the scheduler
+    works in sigma space: Euler & co., diffusers' ``init_noise_sigma`` is not 1)."""
+    start = getattr(sched, "_sm_start", 0)
+    sigma_space = float(sched.init_noise_sigma) != 1.0
+    if sigma_space:
+        return start, float(sched.sigmas[start]), True
+    abar = sched.alphas_cumprod.double()[int(sched.timesteps[start])]
+    return start, float(((1 - abar) / abar).sqrt()), False
+
+
 def noise_scale(sched):
-    """The factor ComfyUI's EPS ``noise_scaling`` gives the initial noise, for a scheduler whose
-    timesteps are set: 1 for samplers on the unit-variance latent (DDIM, DPM++, LCM: diffusers'
-    ``init_noise_sigma`` is 1); in sigma space (Euler & co.) sqrt(1 + sigma²) when the first sigma
-    is the model's largest (max_denoise; diffusers' ``init_noise_sigma`` is sigma itself), else sigma."""
-    if float(sched.init_noise_sigma) == 1.0:
-        return 1.0
-    sigma = float(sched.sigmas[0])
-    abar = float(sched.alphas_cumprod[-1])
-    sigma_max = math.sqrt((1.0 - abar) / abar)
-    if math.isclose(sigma, sigma_max, rel_tol=1e-5) or sigma > sigma_max:
-        return math.sqrt(1.0 + sigma * sigma)
-    return sigma
+    """The factor ComfyUI's EPS ``noise_scaling`` gives unit noise at the first step, in the
+    scheduler's own space. Sigma space: sqrt(1 + sigma²) on a full schedule (max_denoise), sigma
+    when it starts part-way (denoise < 1). Unit-variance latents (DDIM, DPM++, LCM): the same
+    divided by sqrt(1 + sigma²), i.e. 1 on a full schedule."""
+    start, sigma, sigma_space = _start(sched)
+    if sigma_space:
+        return math.sqrt(1.0 + sigma * sigma) if start == 0 else sigma
+    return 1.0 if start == 0 else sigma / math.sqrt(1.0 + sigma * sigma)
+
+
+def start_latents(sched, noise, init=None):
+    """The latents the first step starts from: the scaled noise plus ``init`` (video-to-video,
+    diffusers-scaled, same shape), which ComfyUI adds to the scaled noise in sigma space."""
+    x = noise * noise_scale(sched)
+    if init is not None:
+        _, sigma, sigma_space = _start(sched)
+        x = x + init.to(x) * (1.0 if sigma_space else 1.0 / math.sqrt(1.0 + sigma * sigma))
+    return x
+
+
+@functools.lru_cache(maxsize=None)
+def _comfy_stepping(cls):
+    """A diffusers sigma-space scheduler class whose ``set_timesteps`` ends with ComfyUI's sigmas and
+    timesteps (``comfy_sigmas``), so any loop driving it, ours or diffusers' pipeline, steps alike."""
+    class ComfyStepping(cls):
+        def set_timesteps(self, *args, **kwargs):
+            super().set_timesteps(*args, **kwargs)
+            comfy_sigmas(self)
+    ComfyStepping.__name__ = ComfyStepping.__qualname__ = cls.__name__
+    return ComfyStepping
+
+
+def comfy_sigmas(sched):
+    """Sigma-space schedulers step as ComfyUI's KSampler does: the sigma of each (possibly
+    fractional) timestep interpolated in log-sigma (ModelSamplingDiscrete.sigma; diffusers
+    interpolates sigma linearly), and the UNet given the integer timestep nearest that sigma
+    (ModelSamplingDiscrete.timestep). The table is built in float64 as ComfyUI builds it."""
+    cfg = sched.config
+    n = cfg.num_train_timesteps
+    if cfg.beta_schedule == "linear":
+        betas = torch.linspace(cfg.beta_start, cfg.beta_end, n, dtype=torch.float64)
+    else:  # scaled_linear
+        betas = torch.linspace(cfg.beta_start ** 0.5, cfg.beta_end ** 0.5, n, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1 - betas, 0)
+    log_sigmas = ((1 - abar) / abar).sqrt().log().float()
+    t = sched.timesteps.detach().float().cpu().clamp(0, n - 1)
+    low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+    inner = ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp()
+    nearest = (inner.log()[None, :] - log_sigmas[:, None]).abs().argmin(dim=0)
+    device = sched.sigmas.device
+    sched.sigmas = torch.cat([inner, sched.sigmas[-1:].cpu()]).to(device)
+    sched.timesteps = nearest.to(device, torch.float32)
+
+
+def set_steps(sched, steps, denoise, device):
+    """Set and return the timesteps for ``steps`` steps at ``denoise`` strength, as ComfyUI's
+    KSampler picks them: the last ``steps`` of an ``int(steps / denoise)``-step schedule."""
+    if not 0.0 < denoise <= 1.0:
+        raise ValueError(f"denoise must be in (0, 1], got {denoise}.")
+    total = steps if denoise > 0.9999 else int(steps / denoise)
+    sched.set_timesteps(total, device=device)
+    start = (total - steps) * sched.order
+    sched._sm_start = start
+    if start and hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(start)
+    return sched.timesteps[start:]
+
+
+def per_frame(embedding, frames):
+    """Text embeddings (1 or N, seq, dim) -> one per frame (frames, seq, dim). One embedding serves
+    every frame; N (e.g. a prompt schedule) is repeated or cut to the frame count, as ComfyUI does
+    when a conditioning's batch differs from the latent's."""
+    n = embedding.shape[0]
+    if n == frames:
+        return embedding
+    if n == 1:
+        return embedding.expand(frames, *embedding.shape[1:])
+    reps = math.ceil(frames / n)
+    return embedding.repeat(reps, *([1] * (embedding.dim() - 1)))[:frames]
 
 
 def encode_text(model, prompts, device):
@@ -121,10 +203,13 @@ def encode_text(model, prompts, device):
 
 def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="euler",
            beta_schedule="linear", width=512, height=512, frames=16, context=None,
-           device="cpu", callback=None, latents=None, schedule=None):
+           device="cpu", callback=None, init_latents=None, denoise=1.0, schedule=None):
     """Denoise a video; returns diffusers-scaled latents (1, C, F, h, w) on the CPU.
 
-    ``cond``/``uncond`` are text embeddings (1, seq, dim); ``callback(step, total, latents,
+    ``cond``/``uncond`` are text embeddings (1, seq, dim), or one per frame (frames, seq, dim:
+    prompt travel; other counts are repeated or cut as ComfyUI does). ``init_latents``
+    (1, C, F, h, w, diffusers-scaled) with ``denoise`` < 1: video-to-video from those latents;
+    their size then sets frames, height and width. ``callback(step, total, latents,
     denoised)`` is called after every step with the noisy latents and the step's denoised
     estimate (x0, same shape and scaling, for previews); it may raise to cancel (patches are
     undone either way).
@@ -133,6 +218,9 @@ def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="eu
     unet = model.unet
     dtype = next(unet.parameters()).dtype
     device = torch.device(device)
+    f = model.vae_scale
+    if init_latents is not None:
+        frames, height, width = init_latents.shape[2], init_latents.shape[3] * f, init_latents.shape[4] * f
     max_positions = unet.config.motion_max_seq_length
     context = context or ContextOptions("none", min(frames, max_positions), 0)
     if context.mode == "none":
@@ -142,39 +230,43 @@ def sample(model, cond, uncond=None, *, seed=0, steps=20, cfg=7.5, scheduler="eu
                              "for longer videos.")
         context = ContextOptions("none", frames, 0)
     context.validate(max_positions)
-    f = model.vae_scale
     if width % f or height % f:
         raise ValueError(f"width and height must be multiples of {f} (this VAE's downscaling), got {width}x{height}.")
     sched = make_scheduler(scheduler, beta_schedule)
-    sched.set_timesteps(steps, device=device)
+    timesteps = set_steps(sched, steps, denoise, device)
     shape = (1, unet.config.in_channels, frames, height // f, width // f)
     noise, generator = initial_noise(shape, seed, context)
-    x = (noise if latents is None else latents.float()).to(device) * noise_scale(sched)
+    init = None if init_latents is None else init_latents.float().to(device)
+    if init is not None and tuple(init.shape[:2]) != shape[:2]:
+        raise ValueError(f"the input latents have shape {tuple(init.shape)}; this model needs (1, "
+                         f"{shape[1]}, frames, h, w).")
+    x = start_latents(sched, noise.to(device), init)
     use_cfg = cfg != 1.0 and uncond is not None
     windows = context_windows(frames, context.length, context.overlap)
-    cond = cond.to(device, dtype)
-    uncond = uncond.to(device, dtype) if use_cfg else None
+    cond = per_frame(cond.to(device, dtype), frames)
+    uncond = per_frame(uncond.to(device, dtype), frames) if use_cfg else None
     batched = use_cfg and uncond.shape[1] == cond.shape[1]
 
-    def run(xw, t, emb, idx, step):
-        """One UNet call; attached ControlNets add their residuals (frames ``idx``, same embeddings)."""
-        emb = emb.repeat_interleave(xw.shape[2], dim=0)
+    def run(xw, t, embs, idx, step):
+        """One UNet call on the videos ``xw`` (frames ``idx``), one per-frame embedding each;
+        attached ControlNets add their residuals (same embeddings)."""
+        emb = torch.cat([e[idx] for e in embs])
         return unet(xw, t, encoder_hidden_states=emb, **control(xw, t, emb, idx, step, total)).sample
 
     def predict(xw, t, idx, step):
         if batched:
-            eps_u, eps_c = run(torch.cat([xw, xw]), t, torch.cat([uncond, cond]), idx, step).chunk(2)
+            eps_u, eps_c = run(torch.cat([xw, xw]), t, (uncond, cond), idx, step).chunk(2)
         else:
-            eps_c = run(xw, t, cond, idx, step)
+            eps_c = run(xw, t, (cond,), idx, step)
             if not use_cfg:
                 return eps_c
-            eps_u = run(xw, t, uncond, idx, step)
+            eps_u = run(xw, t, (uncond,), idx, step)
         return eps_u + cfg * (eps_c - eps_u)
 
-    total = len(sched.timesteps)
+    total = len(timesteps)
     with scheduled_patching(model, schedule, total) as at_step, torch.no_grad(), \
             control_context(model, frames, height, width, device) as control:
-        for i, t in enumerate(sched.timesteps):
+        for i, t in enumerate(timesteps):
             at_step(i)
             xin = sched.scale_model_input(x, t).to(dtype)
             if len(windows) == 1:

@@ -61,11 +61,41 @@ def to_comfy_latent(latents, scaling_factor):
     return {"samples": (latents[0].permute(1, 0, 2, 3) / scaling_factor).contiguous()}
 
 
-def conditioning_tensor(cond):
-    """The text embedding of a ComfyUI CONDITIONING (first entry)."""
+# Conditioning keys that only carry what the pack already uses (the text embedding itself).
+_USED_CONDITIONING_KEYS = {"pooled_output"}
+
+
+def conditioning_tensor(cond, name="positive"):
+    """The text embedding of a ComfyUI CONDITIONING: (1, seq, dim), or one per frame (N, seq, dim,
+    e.g. from a prompt schedule). Anything the pack's sampler cannot use (several entries, areas,
+    masks, a ControlNet, hooks) is refused with what to do instead."""
     if not cond:
         return None
+    if len(cond) > 1:
+        raise ValueError(f"the {name} conditioning has {len(cond)} entries (combined or area conditioning); "
+                         "the Still-Moving sampler takes one. Use a single CLIP Text Encode (or a prompt "
+                         "schedule), or sample with KSampler on the native route (Apply Spatial Adapters to MODEL).")
+    extra = sorted(set(cond[0][1]) - _USED_CONDITIONING_KEYS)
+    if "control" in extra:
+        raise ValueError(f"the {name} conditioning carries a ControlNet (Apply ControlNet), which the Still-Moving "
+                         "sampler does not read. Use 'Apply ControlNet to Video Model (Still-Moving)' instead, or "
+                         "KSampler on the native route.")
+    if extra:
+        raise ValueError(f"the {name} conditioning carries {', '.join(repr(k) for k in extra)}, which the "
+                         "Still-Moving sampler does not use. Connect plain CLIP Text Encode output, or sample "
+                         "with KSampler on the native route (Apply Spatial Adapters to MODEL).")
     return cond[0][0]
+
+
+def from_comfy_latent(latent, scaling_factor):
+    """ComfyUI LATENT (frames in the batch, unscaled) -> (1, C, F, h, w) diffusers-scaled; keys the
+    sampler cannot honour (an inpainting mask, batch indices) are refused."""
+    extra = sorted(set(latent) - {"samples"})
+    if extra:
+        raise ValueError(f"the latent input carries {', '.join(repr(k) for k in extra)} (e.g. a noise mask "
+                         "for inpainting), which the Still-Moving sampler does not use. Connect the latents "
+                         "of VAE Encode or of an earlier sampler directly.")
+    return (latent["samples"].float() * scaling_factor).permute(1, 0, 2, 3).unsqueeze(0).contiguous()
 
 
 def leave_inference_mode(video_model, *adapters):

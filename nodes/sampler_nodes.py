@@ -28,13 +28,13 @@ class SampleVideo:
                 "default": "linear", "tooltip": "AnimateDiff was trained with 'linear'; 'scaled_linear' (SD's) "
                                                "often looks washed out with motion modules."}),
             "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
-                              "tooltip": "Video width in pixels; SD1.5 models look best around 512."}),
+                              "tooltip": "Video width in pixels; SD1.5 models look best around 512. A connected latent sets it."}),
             "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
-                               "tooltip": "Video height in pixels; SD1.5 models look best around 512."}),
+                               "tooltip": "Video height in pixels; SD1.5 models look best around 512. A connected latent sets it."}),
             "frames": ("INT", {"default": 16, "min": 1, "max": 1024,
                                "tooltip": "Number of frames; 16 is what the motion modules were trained on. "
                                           "Beyond the motion module's length (24 for v1, 32 for v2 and v3) set a "
-                                          "context mode."}),
+                                          "context mode. A connected latent sets it."}),
             "context_mode": (list(sampling.CONTEXT_MODES), {
                 "default": "none", "tooltip": "For videos longer than the motion module's window: 'sliding' "
                                               "denoises overlapping windows, 'freenoise' also reuses the first "
@@ -46,11 +46,19 @@ class SampleVideo:
                                                    "seams; about a quarter of context_length."}),
         }, "optional": {
             "positive": ("CONDITIONING", {"tooltip": "From ComfyUI's CLIP Text Encode: replaces the prompt text, "
-                                                     "so prompt weighting and embeddings work."}),
+                                                     "so prompt weighting and embeddings work. A prompt "
+                                                     "schedule (one embedding per frame) is followed frame "
+                                                     "by frame."}),
             "negative": ("CONDITIONING", {"tooltip": "From ComfyUI's CLIP Text Encode: replaces the "
                                                      "negative_prompt text."}),
             "weight_schedule": ("SM_WEIGHT_SCHEDULE", {"tooltip": "From Weight Schedule (CustomCrafter): the weight "
                                                                   "of the spatial customizations per step."}),
+            "latent": ("LATENT", {"tooltip": "Video-to-video: the video to start from, e.g. VAE Encode of its "
+                                             "frames (one latent per frame). Its size replaces width, height and "
+                                             "frames."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                                  "tooltip": "With a latent: how much of it to redraw. 1 redraws everything; "
+                                             "0.4-0.7 keeps the input's layout and motion."}),
         }}
 
     RETURN_TYPES = ("LATENT", "IMAGE")
@@ -65,20 +73,27 @@ class SampleVideo:
 
     def sample(self, video_model, prompt, negative_prompt, seed, steps, cfg, scheduler, beta_schedule, width,
                height, frames, context_mode, context_length, context_overlap, positive=None, negative=None,
-               weight_schedule=None):
+               weight_schedule=None, latent=None, denoise=1.0):
         device = comfy_glue.device()
         comfy_glue.make_room()
         context = sampling.ContextOptions(context_mode, context_length, context_overlap)
         with video_model.on_device(device):
-            cond = comfy_glue.conditioning_tensor(positive)
+            cond = comfy_glue.conditioning_tensor(positive, "positive")
             if cond is None:
                 cond = sampling.encode_text(video_model, [prompt], device)
-            uncond = comfy_glue.conditioning_tensor(negative)
+            uncond = comfy_glue.conditioning_tensor(negative, "negative")
             if uncond is None:
                 uncond = sampling.encode_text(video_model, [negative_prompt], device)
+            init = None
+            if latent is not None:
+                init = comfy_glue.from_comfy_latent(latent, video_model.vae.config.scaling_factor)
+            elif denoise < 1.0:
+                raise ValueError("denoise below 1 needs a latent to start from: connect one (e.g. VAE Encode of "
+                                 "a video's frames), or set denoise to 1.")
             latents = sampling.sample(video_model, cond, uncond, seed=seed, steps=steps, cfg=cfg,
                                       scheduler=scheduler, beta_schedule=beta_schedule, width=width,
                                       height=height, frames=frames, context=context, device=device,
-                                      callback=comfy_glue.step_callback(steps), schedule=weight_schedule)
+                                      callback=comfy_glue.step_callback(steps), schedule=weight_schedule,
+                                      init_latents=init, denoise=denoise)
             images = sampling.decode(video_model, latents)
         return (comfy_glue.to_comfy_latent(latents, video_model.vae.config.scaling_factor), images)
