@@ -31,6 +31,7 @@ class LoraPart:
     up: torch.Tensor                # (out, r) linear; (out, r, 1, 1) conv
     alpha: float | None = None      # kohya network alpha; scale = alpha / r (1 when None)
     mid: torch.Tensor | None = None  # LoCon Tucker core (r, r, kh, kw); down/up are then 1x1
+    bias: torch.Tensor | None = None  # a bias change (kohya ``diff_b``), added at strength, no alpha
 
     @property
     def rank(self):
@@ -71,6 +72,11 @@ def merged_weights(state_dict, parts, strength=1.0):
     """A copy of ``state_dict`` (module ``name.weight`` keys) with the LoRA deltas added."""
     out = dict(state_dict)
     for name, part in parts.items():
+        if part.bias is not None:
+            key = f"{name}.bias"
+            if key not in out:
+                raise KeyError(f"the model has no bias '{key}' for this LoRA")
+            out[key] = out[key] + strength * part.bias.to(out[key].device, out[key].dtype)
         key = f"{name}.weight"
         if key not in out:
             raise KeyError(f"the model has no weight '{key}' for this LoRA")
@@ -84,18 +90,19 @@ def merged_weights(state_dict, parts, strength=1.0):
 
 # ---------------------------------------------------------------- key parsing
 
-_KOHYA = re.compile(r"^lora_(unet|te\d?)_(.+?)\.(lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha)$")
+_KOHYA = re.compile(r"^lora_(unet|te\d?)_(.+?)\.(lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha|diff_b)$")
 _PEFT = re.compile(r"^(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
 _DIFFUSERS = re.compile(r"^(.+)\.(?:lora|lora_linear_layer)\.(down|up)\.weight$")
 _ATTN_PROCS = re.compile(r"^(.+?)(?:\.processor)?\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 _ALPHA = re.compile(r"^(.+)\.alpha$")
 _PART = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight": "mid", "alpha": "alpha",
+         "diff_b": "bias",
          "A": "down", "B": "up", "down": "down", "up": "up"}
 _TEXT_PROJ = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 _UNSUPPORTED = ((re.compile(r"\.hada_(w[12]_[ab]|t[12])$"), "LyCORIS LoHa"),
                 (re.compile(r"\.lokr_(w[12](_[ab])?|t2)$"), "LyCORIS LoKr"),
                 (re.compile(r"\.(dora_scale|lora_magnitude_vector(\.[^.]+)?)$"), "DoRA"),
-                (re.compile(r"\.(diff|diff_b|w_norm|b_norm)$"), "LyCORIS full/norm"),
+                (re.compile(r"\.(diff|w_norm|b_norm)$"), "LyCORIS full/norm"),
                 (re.compile(r"\.on_input$"), "(IA)^3"))
 
 
@@ -367,5 +374,9 @@ def _make_part(path, module, parts):
     if mid is not None and (mid.ndim != 4 or mid.shape[:2] != (down.shape[0], down.shape[0])):
         raise ModelFileError(path, f"the LoCon mid tensor of {module} has shape {tuple(mid.shape)}, "
                              f"expected ({down.shape[0]}, {down.shape[0]}, kh, kw).", "The file is malformed.")
-    alpha = parts.get("alpha")
-    return LoraPart(down=down, up=up, alpha=None if alpha is None else float(alpha.float().item()), mid=mid)
+    alpha, bias = parts.get("alpha"), parts.get("bias")
+    if bias is not None and (bias.ndim != 1 or bias.shape[0] != up.shape[0]):
+        raise ModelFileError(path, f"the bias change of {module} has shape {tuple(bias.shape)}, expected "
+                             f"({up.shape[0]},).", "The file is malformed: re-export it.")
+    return LoraPart(down=down, up=up, alpha=None if alpha is None else float(alpha.float().item()), mid=mid,
+                    bias=bias)

@@ -50,14 +50,17 @@ class LoraPatch:
         return self.target in (T2I, TEXT)
 
     def apply(self, name, current):
-        module = name[: -len(".weight")] if name.endswith(".weight") else None
-        part = self.parts.get(module) if module else None
+        module, _, leaf = name.rpartition(".")
+        part = self.parts.get(module)
         if part is None or self.strength == 0:
             return current
+        if leaf == "bias":
+            return current if part.bias is None else current + self.strength * part.bias.to(current)
         return current + self.strength * part.delta(current.shape, current.dtype).to(current.device)
 
     def names(self):
-        return {f"{m}.weight" for m in self.parts}
+        return {f"{m}.weight" for m in self.parts} | {f"{m}.bias" for m, p in self.parts.items()
+                                                      if p.bias is not None}
 
 
 @dataclass(repr=False)

@@ -98,6 +98,21 @@ def test_spatial_lora_export_loads_in_comfyui_and_equals_the_merged_model(host, 
     assert max((pack[n] - bare[n]).abs().max().item() for n in expected.values()) > 1000 * max(worst, 1e-9)
 
 
+def test_spatial_lora_export_loads_through_the_packs_inject_lora(comfy_files, trained, tmp_path):
+    """The exported LoRA (bias changes as diff_b) is read by the pack's own LoRA reader: injected on
+    the customized model it gives the merged model, biases included."""
+    from adapters import export, inject
+    from adapters.files import read_state_dict
+    path = export.export_spatial_lora(trained.custom, trained.spatial, tmp_path / "sa_lora.safetensors")
+    assert any(k.endswith(".diff_b") for k in read_state_dict(path))
+    ours = _unet_tensors(inject.inject_lora(trained.custom, path))
+    pack = _unet_tensors(_merged(trained.custom, trained.spatial))
+    changed = [k for k in pack if not torch.equal(pack[k], _unet_tensors(trained.custom)[k])]
+    assert any(k.endswith(".bias") for k in changed) and any(k.endswith(".weight") for k in changed)
+    for k in pack:
+        torch.testing.assert_close(ours[k], pack[k], rtol=1e-5, atol=1e-6)
+
+
 def test_spatial_lora_export_refuses_what_it_cannot_carry(host, comfy_files, trained, tmp_path):
     from adapters import export, inject
     from adapters.video_model import AdapterPatch
