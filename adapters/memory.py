@@ -3,8 +3,7 @@
 diffusers' ``enable_gradient_checkpointing()`` on a ``UNetMotionModel`` recomputes the resnets,
 the spatial transformers and the mid-block motion module, but not the motion modules of the
 down and up blocks, so their activations (the temporal attention of every resolution, on all
-frames) stay saved for the backward pass. At SD1.5 + AnimateDiff v2 size, 16 frames at 256 px,
-that leaves a 17.8 GiB peak instead of 21.1 GiB (``/work/shared/notes/measured.md``).
+frames) stay saved for the backward pass (peaks in ``benchmarks/README.md``).
 
 ``checkpointed(unet)`` instead runs each down / mid / up block (resnets, spatial transformers,
 motion modules, samplers, and the adapters' forward hooks on their layers, which run inside
@@ -23,9 +22,8 @@ the training loop) must not change between a step's forward and its backward.
 On the CPU, checkpointing alone barely lowers the peak RSS: glibc's malloc serves every block
 under its dynamic mmap threshold (which climbs to 32 MiB as soon as a large tensor is freed)
 from its heap and keeps what is freed there, fragmented, instead of giving it back, so the
-activations recomputed and freed block after block pile up as retained heap. Measured at
-SD1.5 + v2 size, 16 frames, 256 px (benchmarks/README.md): layer checkpointing peaked at
-16.6 GiB with glibc's defaults. ``release_freed_memory()`` (used by ``checkpointed`` on the
+activations recomputed and freed block after block pile up as retained heap
+(``benchmarks/bench_training_memory.py``). ``release_freed_memory()`` (used by ``checkpointed`` on the
 CPU) sets a fixed 64 KiB mmap threshold for the block, so every activation is its own mapping,
 returned to the system when freed.
 """

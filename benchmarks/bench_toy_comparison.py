@@ -1,4 +1,4 @@
-"""The paper's comparison, measured on the toy world (issue 4): Still-Moving against its baselines
+"""The paper's comparison, measured on the toy world: Still-Moving against its baselines
 and ablations, same prompts, same seeds, same training data and steps.
 
 Rows (``--methods``):

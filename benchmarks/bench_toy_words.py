@@ -1,11 +1,9 @@
 """How much each caption word steers the toy video model: flip the direction word, and as the
 reference in the same process, flip the colour word.
 
-Why: the toy model shipped before its text encoder was pre-trained on its own moved the way its
-seed said, not the way "left/right/up/down" said, and this found the word lost in the text
-encoder (ratio 0.0045; embedded/README.md). Session 8's files heard the word (0.15) but took
-the sign of the motion from the seed; the shipped ones, after the training script's direction
-stage, take it from the word (1.19). It measures, on the files the user's path loads:
+Why: a toy model can move the way its seed says instead of the way "left/right/up/down" says;
+this finds where the word is lost (figures in embedded/README.md). It measures, on the files the
+user's path loads:
 
 - the text encoder: how far the word's position moves in the last hidden state;
 - the video UNet: relative change of its noise prediction for the same noisy latents;

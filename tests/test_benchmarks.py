@@ -28,17 +28,10 @@ def test_bench_cuda_runs_on_cpu_and_matches_the_pipeline(tmp_path, monkeypatch, 
 
 
 def test_bench_toy_words_measures_what_each_word_changes(capsys):
-    """The word probe on the shipped toy model: flipping the colour word must raise the denoising
-    loss at every noise level (the model follows colours: embedded/README.md), and the direction
-    word must reach the UNet: the toy text encoder pre-trained alone (stage text) keeps it apart
-    (1.35 at 8 clips, against 0.0135 when it was trained with the T2I), and the UNet's change on
-    a direction flip is 1.20 of a colour flip's on 4 clips (session 8's files: 0.15; before the
-    text stage: 0.0045). Since the direction stage the loss rewards the right direction: a flip
-    raises it by 138 / 485 % at t = 999 / 700 on 4 clips (session 8's files: -2.7 / -7.0 %). The
-    frame order probe must see the motion module at work (shuffled frames change the prediction:
-    0.18 at t = 300 on 4 clips). The first estimate from pure noise must travel on the caption's
-    axis and take its sign from the word: SEED_DECIDES 0.00 / 0.00 on 4 noises (session 8's
-    files: 0.88 / 1.00, the noise picked it)."""
+    """The word probe on the shipped toy model: flipping the colour word raises the denoising loss
+    at every noise level, the direction word reaches the UNet and the loss rewards the right
+    direction, the frame-order probe sees the motion module at work, and the first estimate from
+    pure noise takes its sign from the word (the figures: embedded/README.md)."""
     bench = _load("bench_toy_words")
     rows = bench.main(["--clips", "4", "--noises", "4"])
     out = capsys.readouterr().out

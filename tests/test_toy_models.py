@@ -1,4 +1,4 @@
-"""The toy world and the embedded toy models (issue 4): the world's ground truth, the shipped
+"""The toy world and the embedded toy models: the world's ground truth, the shipped
 files loading through the users' path (architecture detected from the tensors, the Motion
 Adapter matching the shipped motion module), their videos moving, and the customized T2I
 drawing its subject."""
