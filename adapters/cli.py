@@ -9,9 +9,10 @@ on one device or on several through accelerate (no launcher of our own).
     python -m adapters.cli export motion-lora ADAPTER --alpha A --out FILE.safetensors
 
 Run it from the pack's folder. Paths in the config are relative to the config file; nothing is
-downloaded. See examples/train_motion.json and examples/train_spatial.json; keys starting with
-"_" are comments. ``settings`` takes any field of ``adapters.training.TrainSettings``; its
-``mixed_precision`` decides autocast (CUDA only), not accelerate's ``--mixed_precision``.
+downloaded. See training_configs/train_motion.json and training_configs/train_spatial.json; keys
+starting with "_" are comments. ``settings`` takes any field of
+``adapters.training.TrainSettings``; its ``mixed_precision`` decides autocast (CUDA only), not
+accelerate's ``--mixed_precision``.
 
 Several processes on the CPU: ``accelerate launch --cpu --num_processes N`` starts ONE process
 (accelerate's simple launcher spreads CPU processes only through mpirun, ``--mpirun_hostfile``).

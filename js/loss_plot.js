@@ -3,7 +3,6 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
-const TRAINERS = new Set(["SM_TrainMotionAdapter", "SM_TrainSpatialAdapters"]);
 const PLOT_HEIGHT = 90;
 
 function drawPlot(node, ctx) {
@@ -44,7 +43,7 @@ app.registerExtension({
     });
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!TRAINERS.has(nodeData.name)) return;
+    if (!nodeData.name.startsWith("SM_Train")) return;  // every trainer sends the event
     const onDraw = nodeType.prototype.onDrawForeground;
     nodeType.prototype.onDrawForeground = function (ctx) {
       onDraw?.apply(this, arguments);

@@ -219,14 +219,16 @@ class InProcessComfy:
             raise ComfyError("execution failed", result.error)
         return result
 
-    def workflow_to_api(self, workflow: dict) -> dict:
-        return workflow_to_api(workflow, self.nodes.NODE_CLASS_MAPPINGS)
-
 
 class ComfyServer:
-    """`python main.py --cpu` on a free loopback port, with the session base directory."""
+    """`python main.py --cpu` on a free loopback port, with the session base directory.
 
-    def __init__(self, base: Path, comfy_dir: Path, timeout: float = 120):
+    front_end_root: a frontend's static folder to serve instead of the installed
+    comfyui-frontend-package (ComfyUI's --front-end-root). extra_args: more main.py options.
+    """
+
+    def __init__(self, base: Path, comfy_dir: Path, timeout: float = 120, front_end_root: Path | None = None,
+                 extra_args=()):
         import requests
         self.http = requests.Session()
         self.http.trust_env = False  # never route loopback through a proxy
@@ -242,6 +244,11 @@ class ComfyServer:
                "--base-directory", str(base),
                "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
                "--database-url", "sqlite:///:memory:"]  # not the shared tree's user/comfyui.db
+        if front_end_root is not None:
+            if not (Path(front_end_root) / "index.html").is_file():
+                raise RuntimeError(f"no frontend at {front_end_root} (index.html missing)")
+            cmd += ["--front-end-root", str(front_end_root)]
+        cmd += list(extra_args)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=comfy_dir, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT,
@@ -278,9 +285,10 @@ class ComfyServer:
         r.raise_for_status()
         return r.json().get(name, {}) if name else r.json()
 
-    def post_prompt(self, api_graph: dict) -> str:
+    def post_prompt(self, api_graph: dict, client_id: str | None = None) -> str:
+        """Queue a graph; client_id: whose websocket gets its events (a browser page's)."""
         r = self.http.post(f"{self.url}/prompt", timeout=30,
-                           json={"prompt": api_graph, "client_id": self.client_id})
+                           json={"prompt": api_graph, "client_id": client_id or self.client_id})
         if r.status_code != 200:
             raise ComfyError(f"POST /prompt answered {r.status_code}", r.json())
         return r.json()["prompt_id"]
@@ -304,97 +312,3 @@ class ComfyServer:
 
     def add_model(self, kind: str, name: str, src: Path | str | bytes) -> Path:
         return add_model_file(self.base, kind, name, src)
-
-
-# --- UI workflow (what the editor saves) -> API format (what /prompt takes) -----------------
-
-FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
-MUTED, BYPASSED = 2, 4
-SEED_CONTROL = {"fixed", "increment", "decrement", "randomize"}
-UPLOAD_VALUES = {"image", "video", "audio", None}
-
-
-def _is_widget(typ, opts: dict) -> bool:
-    if opts.get("forceInput"):
-        return False
-    return isinstance(typ, (list, tuple)) or typ in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
-
-
-def workflow_to_api(workflow: dict, class_mappings: dict) -> dict:
-    """Convert an editor workflow to the API format, as the frontend's graphToPrompt does.
-
-    widgets_values are matched to the node's widget inputs (INPUT_TYPES order, required then
-    optional), skipping the extra values the editor stores after a seed
-    (control_after_generate) and after an upload combo. Notes, reroutes, primitives, muted
-    (mode 2) and bypassed (mode 4) nodes do not appear; links are followed through reroutes
-    and bypassed nodes, and a primitive's value is inlined. Subgraphs are not supported.
-    """
-    nodes = {n["id"]: n for n in workflow["nodes"]}
-    links = {}
-    for link in workflow.get("links", []):
-        if isinstance(link, dict):  # schema version 1
-            links[link["id"]] = (link["origin_id"], link["origin_slot"])
-        else:  # [id, origin_id, origin_slot, target_id, target_slot, type]
-            links[link[0]] = (link[1], link[2])
-
-    def passthrough(node: dict, slot: int):
-        """The input link a reroute or a bypassed node forwards to output `slot`."""
-        ins = [i for i in node.get("inputs", []) if i.get("link") is not None]
-        if node["type"] != "Reroute":
-            want = node["outputs"][slot]["type"]
-            ins = [i for i in ins if i.get("type") == want]
-            same = [i for i in ins if node["inputs"].index(i) == slot]
-            ins = same or ins
-        return ins[0]["link"] if ins else None
-
-    def source(link_id):
-        """(True, [node_id, slot]) for a link, (False, value) for a primitive, None if cut."""
-        while link_id is not None:
-            origin_id, slot = links[link_id]
-            node = nodes[origin_id]
-            if node.get("mode") == MUTED:
-                return None
-            if node["type"] == "Reroute" or node.get("mode") == BYPASSED:
-                link_id = passthrough(node, slot)
-            elif node["type"] == "PrimitiveNode":
-                return False, node["widgets_values"][0]
-            else:
-                return True, [str(origin_id), slot]
-        return None
-
-    api = {}
-    for node in workflow["nodes"]:
-        if node["type"] in FRONTEND_ONLY or node.get("mode") in (MUTED, BYPASSED):
-            continue
-        cls = class_mappings.get(node["type"])
-        if cls is None:
-            raise ValueError(f"node {node['id']}: unknown type {node['type']!r} "
-                             "(pack not loaded, a group node or a subgraph?)")
-        spec = cls.INPUT_TYPES()
-        widgets = [(name, conf) for section in ("required", "optional")
-                   for name, conf in spec.get(section, {}).items()]
-        values = node.get("widgets_values") or []
-        inputs = {}
-        if isinstance(values, dict):  # some packs save widgets by name
-            inputs.update({k: v for k, v in values.items() if k in dict(widgets)})
-        else:
-            values = list(values)
-            for name, conf in widgets:
-                typ, opts = conf[0], (conf[1] if len(conf) > 1 and isinstance(conf[1], dict) else {})
-                if not _is_widget(typ, opts) or not values:
-                    continue
-                inputs[name] = values.pop(0)
-                seed = typ == "INT" and name in ("seed", "noise_seed")
-                if (opts.get("control_after_generate") or seed) and values and values[0] in SEED_CONTROL:
-                    values.pop(0)
-                if any(k.endswith("_upload") and v for k, v in opts.items()) and values \
-                        and values[0] in UPLOAD_VALUES:
-                    values.pop(0)
-        for inp in node.get("inputs", []):
-            src = source(inp.get("link"))
-            if src is not None:
-                name = (inp.get("widget") or {}).get("name", inp["name"])
-                inputs[name] = src[1]
-        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
-                                "_meta": {"title": node.get("title") or node["type"]}}
-    return api

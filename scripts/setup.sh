@@ -16,14 +16,28 @@ COMFY="$SM_HOME/comfyui"
 STAMP="$SM_HOME/setup.stamp"
 CONSTRAINTS="$ROOT/.ci/constraints.txt"
 
+# The newest comfyui-frontend-package the registry served when this line was written: the
+# browser tests also open the workflows in it (ComfyUI's --front-end-root), next to the pinned one.
+NEWEST_FRONTEND=1.58.1
+
 mkdir -p "$SM_HOME"
 # Two test runs starting at once must not install into the same venv concurrently.
 exec 9>"$SM_HOME/setup.lock"
 flock 9
 
+# The browser the tests drive (Playwright's own browser download is not possible here).
+if ! command -v chromium >/dev/null; then
+  echo "setup: installing Debian's chromium (apt-get)" >&2
+  SUDO=(); [[ $(id -u) -eq 0 ]] || SUDO=(sudo)
+  "${SUDO[@]}" apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq chromium >&2
+fi
+
 WANT="$(cat "$ROOT/scripts/setup.sh" "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" \
             "$CONSTRAINTS" | sha256sum | cut -d' ' -f1)"
-if [[ -x "$PY" && -f "$COMFY/main.py" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
+FRONTEND_NEWEST="$SM_HOME/frontend-newest"
+if [[ -x "$PY" && -f "$COMFY/main.py" && -f "$FRONTEND_NEWEST/comfyui_frontend_package/static/index.html" \
+      && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
   echo "setup: up to date ($SM_HOME)" >&2
   echo "$PY"
   exit 0
@@ -66,7 +80,11 @@ REQS="$SM_HOME/requirements.resolved.txt"
 } > "$REQS"
 pip_install -c "$CONSTRAINTS" -r "$ROOT/requirements.txt" -r "$REQS"
 
-# 5. torchvision without its compiled ops (no CPU build of 0.28.0 here) raises at import on two
+# 5. The newest frontend, beside the venv (it must not replace the pinned one ComfyUI serves).
+rm -rf "$FRONTEND_NEWEST"
+pip_install --no-deps --target "$FRONTEND_NEWEST" "comfyui-frontend-package==$NEWEST_FRONTEND"
+
+# 6. torchvision without its compiled ops (no CPU build of 0.28.0 here) raises at import on two
 #    unguarded register_fake decorators; skip those two when the ops are unavailable.
 "$PY" - <<'EOF'
 import importlib.util, pathlib, re, sys
@@ -81,7 +99,7 @@ if new != src:
     print("setup: patched", path, file=sys.stderr)
 EOF
 
-# 6. Check: no CUDA wheels crept in, torch is the CPU build, torchvision imports.
+# 7. Check: no CUDA wheels crept in, torch is the CPU build, torchvision imports.
 if "$PY" -m pip list --format=freeze | grep -iE '^(nvidia-|triton==)'; then
   echo "setup: CUDA packages were installed (listed above); fix .ci/constraints.txt" >&2
   exit 1

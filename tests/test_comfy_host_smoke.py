@@ -1,5 +1,6 @@
 """The ComfyUI test host works: graphs of built-in nodes run in-process and on a real server,
-editor workflows convert to API graphs, and the pack loads the way ComfyUI loads it."""
+and the pack loads the way ComfyUI loads it. (Editor workflows are converted by the real
+frontend: tests/test_workflows_in_browser.py.)"""
 import pytest
 
 from comfy_host import ComfyError
@@ -90,62 +91,3 @@ def test_server_has_the_pack_nodes(comfy, comfy_server):
     assert comfy.pack_loaded, comfy.pack_log
     missing = [n for n in sorted(comfy.pack_nodes) if not comfy_server.object_info(n)]
     assert not missing, f"not registered by the server: {missing}\n{comfy_server.log()}"
-
-
-def ui_node(id, type, widgets=(), inputs=(), outputs=(), mode=0, **extra):
-    return {"id": id, "type": type, "mode": mode, "widgets_values": list(widgets),
-            "inputs": [dict(i) for i in inputs], "outputs": [dict(o) for o in outputs], **extra}
-
-
-# EmptyImage -> ImageInvert (bypassed) -> Reroute -> ImageScale -> SaveImage; a PrimitiveNode
-# drives ImageScale.width (a converted widget); a Note and a muted PreviewImage are dropped.
-UI_WORKFLOW = {
-    "nodes": [
-        ui_node(1, "EmptyImage", [64, 48, 1, 0], outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1]}]),
-        ui_node(2, "ImageInvert", mode=4, inputs=[{"name": "image", "type": "IMAGE", "link": 1}],
-                outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [2]}]),
-        ui_node(3, "Reroute", inputs=[{"name": "", "type": "*", "link": 2}],
-                outputs=[{"name": "", "type": "IMAGE", "links": [3]}]),
-        ui_node(4, "ImageScale", ["bilinear", 512, 24, "center"], title="Shrink",
-                inputs=[{"name": "image", "type": "IMAGE", "link": 3},
-                        {"name": "width", "type": "INT", "link": 4, "widget": {"name": "width"}}],
-                outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [5, 6]}]),
-        ui_node(5, "PrimitiveNode", [40, "fixed"], outputs=[{"name": "INT", "type": "INT", "links": [4],
-                                                             "widget": {"name": "width"}}]),
-        ui_node(6, "SaveImage", ["converted"], inputs=[{"name": "images", "type": "IMAGE", "link": 5}]),
-        ui_node(7, "PreviewImage", mode=2, inputs=[{"name": "images", "type": "IMAGE", "link": 6}]),
-        ui_node(8, "Note", ["not part of the graph"]),
-    ],
-    "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"], [3, 3, 0, 4, 0, "IMAGE"],
-              [4, 5, 0, 4, 1, "INT"], [5, 4, 0, 6, 0, "IMAGE"], [6, 4, 0, 7, 0, "IMAGE"]],
-}
-
-
-def test_workflow_to_api(comfy):
-    api = comfy.workflow_to_api(UI_WORKFLOW)
-    assert api == {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 0},
-              "_meta": {"title": "EmptyImage"}},
-        "4": {"class_type": "ImageScale", "inputs": {"upscale_method": "bilinear", "width": 40, "height": 24,
-                                                     "crop": "center", "image": ["1", 0]},
-              "_meta": {"title": "Shrink"}},
-        "6": {"class_type": "SaveImage", "inputs": {"filename_prefix": "converted", "images": ["4", 0]},
-              "_meta": {"title": "SaveImage"}},
-    }
-    assert tuple(comfy.run(api).outputs["4"][0][0].shape) == (1, 24, 40, 3)
-
-
-def test_workflow_to_api_skips_seed_control_and_upload_values(comfy):
-    """KSampler stores "randomize" after its seed, LoadImage "image" after its file name."""
-    sampler_inputs = [{"name": "model", "type": "MODEL", "link": 1}] + [
-        {"name": n, "type": t, "link": None} for n, t in
-        [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")]]
-    workflow = {"nodes": [
-        ui_node(1, "KSampler", [42, "randomize", 20, 7.5, "euler", "normal", 1.0], inputs=sampler_inputs),
-        ui_node(2, "LoadImage", ["example.png", "image"]),
-        ui_node(3, "CheckpointLoaderSimple", ["tiny.safetensors"]),
-    ], "links": [[1, 3, 0, 1, 0, "MODEL"]]}
-    api = comfy.workflow_to_api(workflow)
-    assert api["1"]["inputs"] == {"seed": 42, "steps": 20, "cfg": 7.5, "sampler_name": "euler",
-                                  "scheduler": "normal", "denoise": 1.0, "model": ["3", 0]}
-    assert api["2"]["inputs"] == {"image": "example.png"}
