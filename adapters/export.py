@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import keys
-from .files import _write_atomic, save_safetensors
+from .files import save_safetensors, write_atomic
 
 
 def checkpoint_tensors(unet_sd, vae_sd, clip_sd, layout, vae_levels_layers, dtype=None):
@@ -46,7 +46,7 @@ def write_checkpoint(path, tensors, fmt="safetensors", overwrite=False):
     """Write a state dict as .safetensors (atomic) or a zip-format .ckpt with a state_dict wrapper."""
     if fmt == "safetensors":
         return save_safetensors(tensors, path, overwrite=overwrite)
-    return _write_atomic(path, lambda tmp: torch.save({"state_dict": tensors}, tmp), overwrite)
+    return write_atomic(path, lambda tmp: torch.save({"state_dict": tensors}, tmp), overwrite)
 
 
 def controlnet_tensors(controlnet_sd, config, prefix=keys.CONTROLNET_PREFIX, dtype=None):
@@ -92,8 +92,8 @@ def customized_state(model):
 
 
 def _spatial_adapter(adapter, what):
-    from .lowrank import SPATIAL
-    if adapter.kind != SPATIAL:
+    from .spatial_adapters import SpatialAdapters
+    if adapter.kind != SpatialAdapters.kind:
         raise ValueError(f"{what} needs Spatial Adapters, got a {adapter.kind} adapter "
                          "(pick a file from models/still_moving/spatial/).")
 
@@ -150,8 +150,9 @@ def motion_lora_tensors(adapter, alpha=1.0, dtype=torch.float32):
     """A Motion Adapter (W + α·(A_down·A_up)ᵀ) or a Customize-A-Video temporal LoRA as an
     AnimateDiff MotionLoRA in the original v2 key layout, α baked into ``up`` (loaders that
     apply up·down at strength 1 then give α; ADE ignores alpha tensors, so none is written)."""
-    from .lowrank import MOTION, TEMPORAL
-    if adapter.kind not in (MOTION, TEMPORAL):
+    from .customize import TemporalLoRA
+    from .motion_adapter import MotionAdapter
+    if adapter.kind not in (MotionAdapter.kind, TemporalLoRA.kind):
         raise ValueError(f"a MotionLoRA export needs a Motion Adapter or a temporal LoRA, got a {adapter.kind} "
                          "adapter.")
     out = {}

@@ -137,7 +137,7 @@ def temp_file_beside(path):
     return tmp
 
 
-def _write_atomic(path, write, overwrite):
+def write_atomic(path, write, overwrite):
     """``write(tmp)`` fills a temp file in ``path``'s folder, then it takes ``path``'s name:
     replacing it with ``overwrite``, else refusing to clobber, even a file that appears meanwhile."""
     path = Path(path)
@@ -168,7 +168,7 @@ def save_safetensors(tensors, path, metadata=None, overwrite=False):
         mode = os.stat(tmp).st_mode
         save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
         os.chmod(tmp, mode)  # save_file recreates the file owner-only
-    return _write_atomic(path, write, overwrite)
+    return write_atomic(path, write, overwrite)
 
 
 def write_text(path, text, overwrite=False):
@@ -176,7 +176,7 @@ def write_text(path, text, overwrite=False):
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-    return _write_atomic(path, write, overwrite)
+    return write_atomic(path, write, overwrite)
 
 
 VIDEO_FORMATS = {".gif": "GIF", ".webp": "WEBP", ".mp4": "mp4"}
@@ -215,4 +215,4 @@ def write_video(frames, path, fps=8, overwrite=False):
                 a = np.pad(a, ((0, h % 2), (0, w % 2), (0, 0)))
                 out.mux(stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
             out.mux(stream.encode())
-    return _write_atomic(path, write_mp4 if kind == "mp4" else write_pil, overwrite)
+    return write_atomic(path, write_mp4 if kind == "mp4" else write_pil, overwrite)

@@ -1,20 +1,20 @@
 """The paper's ablation "training all T2I weights instead of Spatial Adapters".
 
 A full-size delta on the weight and bias of every injected T2I layer (zero at the start), so
-training it with the one training loop (``training.train(kind="full")``) is fine-tuning those
-weights themselves, under exactly the same data, noise and optimizer as the Spatial Adapters
-it is compared with. It has the same interface as ``LowRankAdapter`` (attach / save / load,
-metadata) and the same safetensors container (``still-moving-adapter/1``, kind ``full``), but it
-is an ablation: no node loads it. ``apply(model)`` gives the fine-tuned video model.
+training it with the one training loop (``training.train(model, FullDelta, ...)``) is fine-tuning
+those weights themselves, under exactly the same data, noise and optimizer as the Spatial
+Adapters it is compared with. It has the same interface as ``LowRankAdapter`` (attach / save /
+load, metadata, training recipe) and the same adapter file (``still-moving-adapter/1``, kind
+``full``), but it is an ablation: no node loads it, and ``LowRankAdapter.load`` does not return
+it. ``apply(model)`` gives the fine-tuned video model.
 """
-import json
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelFileError
-from .lowrank import FORMAT, _key, _maybe_json, spatial_targets
+from .lowrank import check_fingerprints, module_key, read_adapter_file, spatial_targets, write_adapter_file
+from .spatial_adapters import SpatialAdapters
 
 FULL = "full"
 
@@ -24,6 +24,8 @@ class FullDelta(nn.Module):
 
     kind = FULL
     rank = 0
+    fingerprints = SpatialAdapters.fingerprints  # trained like Spatial Adapters, for the same model
+    recipe = SpatialAdapters.recipe
 
     def __init__(self, shapes, metadata=None):
         super().__init__()
@@ -32,9 +34,13 @@ class FullDelta(nn.Module):
         self.extra_tensors = {}
         self.weight, self.bias = nn.ParameterDict(), nn.ParameterDict()
         for name, (w, b) in shapes.items():
-            self.weight[_key(name)] = nn.Parameter(torch.zeros(w))
+            self.weight[module_key(name)] = nn.Parameter(torch.zeros(w))
             if b is not None:
-                self.bias[_key(name)] = nn.Parameter(torch.zeros(b))
+                self.bias[module_key(name)] = nn.Parameter(torch.zeros(b))
+
+    @classmethod
+    def for_training(cls, model, settings):
+        return cls.for_model(model, spatial_targets(model, settings.target_mode))
 
     @classmethod
     def for_model(cls, model, targets=None, metadata=None):
@@ -47,7 +53,7 @@ class FullDelta(nn.Module):
         return cls(shapes, metadata)
 
     def _deltas(self, name):
-        k = _key(name)
+        k = module_key(name)
         return self.weight[k], (self.bias[k] if k in self.bias else None)
 
     def attach(self, unet, scale=1.0):
@@ -91,7 +97,6 @@ class FullDelta(nn.Module):
         return model.with_patch(ReplaceWeights(T2I, tensors, 1.0, "full fine-tune"))
 
     def save(self, path, overwrite=False, extra_tensors=None):
-        from .files import save_safetensors
         tensors = {}
         for name in self.targets:
             dw, db = self._deltas(name)
@@ -99,26 +104,21 @@ class FullDelta(nn.Module):
             if db is not None:
                 tensors[f"{name}.bias_delta"] = db.detach().float().cpu()
         tensors.update(extra_tensors or {})
-        meta = {"format": FORMAT, "kind": FULL, "rank": "0", "targets": json.dumps(self.targets)}
-        meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in self.metadata.items()})
-        return save_safetensors(tensors, path, metadata=meta, overwrite=overwrite)
+        return write_adapter_file(path, FULL, 0, self.targets, tensors, self.metadata, overwrite)
 
     @classmethod
     def load(cls, path):
-        from .files import read_metadata, read_state_dict
-        meta = read_metadata(path)
-        if meta.get("format") != FORMAT or meta.get("kind") != FULL:
-            raise ModelFileError(path, "this is not a full-weights delta file (kind 'full').",
-                                 "Pick a file written by training.train(kind='full').")
-        tensors = read_state_dict(path, torch.float32)
-        targets = json.loads(meta["targets"])
+        f = read_adapter_file(path, FULL)
+        tensors = f.tensors
+        missing = [n for n in f.targets if f"{n}.weight_delta" not in tensors]
+        if missing:
+            raise ModelFileError(path, f"the delta of '{missing[0]}' is missing.", "The file may be truncated.")
         shapes = {n: (tuple(tensors[f"{n}.weight_delta"].shape),
                       tuple(tensors[f"{n}.bias_delta"].shape) if f"{n}.bias_delta" in tensors else None)
-                  for n in targets}
-        skip = ("format", "kind", "rank", "targets")
-        out = cls(shapes, {k: _maybe_json(v) for k, v in meta.items() if k not in skip})
+                  for n in f.targets}
+        out = cls(shapes, f.metadata)
         with torch.no_grad():
-            for n in targets:
+            for n in f.targets:
                 dw, db = out._deltas(n)
                 dw.copy_(tensors[f"{n}.weight_delta"])
                 if db is not None:
@@ -127,6 +127,7 @@ class FullDelta(nn.Module):
         return out
 
     def check(self, model, path=None):
+        check_fingerprints(self, model, path)
         modules = dict(model.unet.named_modules())
         for n in self.targets:
             if n not in modules or tuple(modules[n].weight.shape) != tuple(self._deltas(n)[0].shape):

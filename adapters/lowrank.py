@@ -1,55 +1,47 @@
-"""Still-Moving's two adapters and their one file format.
+"""The shared base of every Still-Moving adapter, and their one file format.
 
-* Motion Adapter (paper §3.2): on every temporal-attention Q, K, V projection,
-  ``W + α · A_down · A_up`` (A_down random, A_up zero). Trained once on frozen videos of the
-  base video model; at inference α is a motion slider: 0 = original, 1 = static, < 0 = more.
-* Spatial Adapters (paper §3.3): after each injected customized T2I layer, a projection of
-  the layer's OUTPUT channels, ``Y · (I + A_down · A_up)`` (identity at init). Not a weight
-  LoRA, but linear, so it folds into the layer: ``W' = (I + M)ᵀ W``, ``b' = (I + M)ᵀ b``.
+An adapter is a pair of low-rank factors ``down`` (d_in × r) and ``up`` (r × d_out) per target
+layer of the video UNet, saved as one safetensors file (format ``still-moving-adapter/1``) whose
+``kind`` metadata names the adapter's class. Each kind is a subclass, found by its name:
 
-Three relatives reuse the Motion Adapter's weight update ``W + s · (A_down · A_up)ᵀ`` on other
-targets (same class, same file, told apart by ``kind``):
+* ``MotionAdapter`` (motion_adapter.py): the paper's Motion Adapter (§3.2).
+* ``SpatialAdapters`` (spatial_adapters.py): the paper's Spatial Adapters (§3.3).
+* ``SubjectModule``, ``AppearanceAbsorber``, ``TemporalLoRA`` (customize.py): CustomCrafter's
+  subject module and Customize-A-Video's appearance absorber and temporal LoRA.
 
-* ``subject``: CustomCrafter's subject module, on Q/K/V of the SPATIAL self- and cross-attention.
-* ``absorber``: Customize-A-Video's appearance absorber, on Q/K/V/out of the spatial attention.
-* ``temporal``: Customize-A-Video's temporal LoRA, on Q/K/V/out of the temporal attention.
+A subclass says how it acts on a layer (``WeightLoRA``: ``W + s·(down·up)ᵀ`` on the layer's weight;
+``SpatialAdapters``: a projection of the layer's output), where it goes by default
+(``default_targets``), what a file must match to attach (``fingerprints``) and how the training
+loop trains it (``recipe``, a ``training.TrainingRecipe``). Defining a subclass with a ``kind``
+registers it, so ``LowRankAdapter.load`` returns the right class for any adapter file.
 
-All are a ``LowRankAdapter`` (the factors per target module). They act on a video model in
-two ways, like a peft tuner's unmerged/merged states: unmerged (``attach``: the layer's own
-tensors untouched; training, and inference at a strength that may change) or a weight patch
-applied while sampling (merged: zero inference cost). Unmerged, each call either projects the
-layer's output or, without autograd and for large activations, runs the layer on a temporary
-weight with the adapter folded in (``_WeightSideForward``), whichever moves less data.
+Adapters act on a video model in two ways, like a peft tuner's unmerged/merged states: unmerged
+(``attach``: the layer's own tensors untouched; training, and inference at a strength that may
+change) or a weight patch applied while sampling (merged, ``merged_weight``: zero inference
+cost). Unmerged, each call either adds the low-rank term to the layer's output or, without
+autograd and for large activations, runs the layer on a temporary weight with the adapter folded
+in (``_WeightSideForward``), whichever moves less data.
 """
 import hashlib
 import json
 import math
 import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .errors import ModelFileError
+from .video_model import T2I, AdapterPatch
 
-MOTION, SPATIAL = "motion", "spatial"
-SUBJECT, ABSORBER, TEMPORAL = "subject", "absorber", "temporal"
-KINDS = (MOTION, SPATIAL, SUBJECT, ABSORBER, TEMPORAL)
-WEIGHT_KINDS = (MOTION, SUBJECT, ABSORBER, TEMPORAL)  # W + s·(down·up)ᵀ; SPATIAL projects outputs instead
-SPATIAL_KINDS = (SPATIAL, SUBJECT, ABSORBER)          # customize the T2I layers (a sampler schedule scales them)
-QKV, QKV_OUT = ("to_q", "to_k", "to_v"), ("to_q", "to_k", "to_v", "to_out.0")
-# which fingerprints a file must match to attach: a subject module or absorber is a plain delta on
-# spatial weights (like an image LoRA) and fits any motion module
-_CHECKED = {"motion_fingerprint": (MOTION, SPATIAL, TEMPORAL), "base_fingerprint": (SPATIAL,)}
-SPATIAL_TARGETS = ("all", "attention", "block_outputs")
 FORMAT = "still-moving-adapter/1"
-_TEMPORAL_QKV = re.compile(r".*\.motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]\.to_[qkv]$")
+ADAPTER_KINDS = {}  # the ``kind`` stored in a file -> its LowRankAdapter subclass (filled by subclassing)
+QKV, QKV_OUT = ("to_q", "to_k", "to_v"), ("to_q", "to_k", "to_v", "to_out.0")
+SPATIAL_TARGETS = ("all", "attention", "block_outputs")
+_FILE_KEYS = ("format", "kind", "rank", "targets")
 
 
-def motion_targets(unet):
-    """The temporal-attention Q/K/V projections of every motion module."""
-    return [n for n, m in unet.named_modules() if isinstance(m, nn.Linear) and _TEMPORAL_QKV.match(n)]
-
-
+# ---- where adapters go in the video UNet ----------------------------------------------------
 def attention_targets(unet, temporal, projections=QKV):
     """Attention projections of the spatial transformers (``attentions.N``: attn1 self-, attn2
     cross-attention) or, with ``temporal``, of the motion modules (both temporal self-attention)."""
@@ -59,13 +51,9 @@ def attention_targets(unet, temporal, projections=QKV):
     return [n for n, m in unet.named_modules() if isinstance(m, nn.Linear) and pattern.match(n)]
 
 
-def default_targets(kind, model):
-    """The layers an adapter of ``kind`` goes on when none are given."""
-    if kind == MOTION:
-        return motion_targets(model.unet)
-    if kind == SPATIAL:
-        return spatial_targets(model)
-    return attention_targets(model.unet, temporal=kind == TEMPORAL, projections=QKV if kind == SUBJECT else QKV_OUT)
+def motion_targets(unet):
+    """The temporal-attention Q/K/V projections of every motion module."""
+    return attention_targets(unet, temporal=True, projections=QKV)
 
 
 def spatial_targets(model, mode="all"):
@@ -94,43 +82,128 @@ def spatial_targets(model, mode="all"):
     return names
 
 
-def _key(name):
+def module_key(name):
+    """A module name as a ParameterDict key (which may not contain dots)."""
     return name.replace(".", "__")
 
 
-class LowRankAdapter(nn.Module):
-    """Low-rank factors ``down`` (d_in × r) and ``up`` (r × d_out) per target module.
+# ---- the one file format ---------------------------------------------------------------------
+@dataclass
+class AdapterFile:
+    """What an adapter file holds: its kind, rank, target layers, metadata and tensors."""
+    kind: str
+    rank: int
+    targets: list
+    metadata: dict
+    tensors: dict
 
-    For the weight kinds (motion, subject, absorber, temporal) d_in/d_out are the projection's
-    in/out features; for Spatial Adapters both are the layer's output channels.
+
+def write_adapter_file(path, kind, rank, targets, tensors, metadata, overwrite=False):
+    """Write ``tensors`` with the format/kind/rank/targets header and ``metadata`` (JSON where
+    not a string), atomically and without clobbering unless ``overwrite``."""
+    from .files import save_safetensors
+    meta = {"format": FORMAT, "kind": kind, "rank": str(rank), "targets": json.dumps(list(targets))}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+    return save_safetensors(tensors, path, metadata=meta, overwrite=overwrite)
+
+
+def read_adapter_file(path, kind=None):
+    """Read an adapter file, refusing one that is not an adapter or not of ``kind`` (if given)."""
+    from .files import read_metadata, read_state_dict
+    meta = read_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(path, "this is not a Still-Moving adapter file (no 'format' metadata).",
+                             "Pick a file written by this pack's training nodes (models/still_moving/).")
+    if kind and meta.get("kind") != kind:
+        raise ModelFileError(path, f"this is a {meta.get('kind')} adapter, but this slot needs a {kind} adapter.",
+                             f"Pick a file from models/still_moving/{kind}/.")
+    extra = {k: _maybe_json(v) for k, v in meta.items() if k not in _FILE_KEYS}
+    return AdapterFile(meta["kind"], int(meta["rank"]), json.loads(meta["targets"]), extra,
+                       read_state_dict(path, torch.float32))
+
+
+def adapter_class(kind):
+    """The adapter class for ``kind`` (a class is returned as is)."""
+    if isinstance(kind, type):
+        return kind
+    cls = ADAPTER_KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown adapter kind '{kind}'; the kinds are {', '.join(sorted(ADAPTER_KINDS))}.")
+    return cls
+
+
+# ---- the base class ----------------------------------------------------------------------------
+class LowRankAdapter(nn.Module):
+    """Low-rank factors ``down`` (d_in × r) and ``up`` (r × d_out) per target layer.
+
+    Subclasses set ``kind`` and say how the factors act on a layer (``factor_shape``,
+    ``merged_weight``, ``_add_update``); this class holds what every kind shares.
     """
 
-    def __init__(self, kind, shapes, rank, seed=0, metadata=None):
+    kind = None               # the file's 'kind' metadata, and the models/still_moving/<kind>/ folder
+    merged_tensors = ("weight",)  # the layer tensors the adapter changes
+    fingerprints = ()         # 'motion_fingerprint' / 'base_fingerprint': what a file must match to attach
+    customizes_t2i = False    # acts on the T2I (spatial) layers, so a sampler weight schedule scales it
+    recipe = None             # training.TrainingRecipe: how ``training.train`` trains this kind
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            ADAPTER_KINDS[cls.kind] = cls
+
+    def __init__(self, shapes, rank, seed=0, metadata=None):
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"unknown adapter kind {kind}")
-        self.kind, self.rank, self.targets = kind, int(rank), list(shapes)
+        if self.kind is None:
+            raise TypeError("LowRankAdapter is the shared base; make a MotionAdapter, SpatialAdapters, ... instead.")
+        self.rank, self.targets = int(rank), list(shapes)
         self.metadata = dict(metadata or {})
+        self.extra_tensors = {}
         g = torch.Generator().manual_seed(seed)
         self.down, self.up = nn.ParameterDict(), nn.ParameterDict()
         for name, (d_in, d_out) in shapes.items():
             bound = 1 / math.sqrt(d_in)  # nn.Linear's default range: output variance ~ input's
-            self.down[_key(name)] = nn.Parameter((torch.rand(d_in, rank, generator=g) * 2 - 1) * bound)
-            self.up[_key(name)] = nn.Parameter(torch.zeros(rank, d_out))
+            self.down[module_key(name)] = nn.Parameter((torch.rand(d_in, rank, generator=g) * 2 - 1) * bound)
+            self.up[module_key(name)] = nn.Parameter(torch.zeros(rank, d_out))
 
     @classmethod
-    def for_model(cls, kind, model, rank, targets=None, seed=0, metadata=None):
+    def default_targets(cls, model):
+        """The layers this kind goes on when none are given."""
+        raise NotImplementedError
+
+    @classmethod
+    def factor_shape(cls, module):
+        """(d_in, d_out) of the factors for ``module``."""
+        raise NotImplementedError
+
+    @classmethod
+    def for_model(cls, model, rank, targets=None, seed=0, metadata=None):
+        """A fresh adapter (identity: ``up`` is zero) on ``targets`` or the kind's default layers."""
         modules = dict(model.unet.named_modules())
-        targets = targets or default_targets(kind, model)
-        shapes = {}
-        for n in targets:
-            m = modules[n]
-            out = m.out_features if isinstance(m, nn.Linear) else m.out_channels
-            shapes[n] = (m.in_features, out) if kind in WEIGHT_KINDS else (out, out)
-        return cls(kind, shapes, rank, seed, metadata)
+        targets = targets or cls.default_targets(model)
+        return cls({n: cls.factor_shape(modules[n]) for n in targets}, rank, seed, metadata)
+
+    @classmethod
+    def for_training(cls, model, settings):
+        """The fresh adapter a training run starts from (``settings``: a ``training.TrainSettings``)."""
+        return cls.for_model(model, settings.rank, seed=settings.seed)
+
+    @classmethod
+    def expect(cls, adapter):
+        """Refuse an adapter of another kind given where this kind is needed (e.g. a node input).
+        Compared by kind, so an adapter made by another copy of this library passes."""
+        if adapter.kind != cls.kind:
+            raise ValueError(f"this input needs a {cls.kind} adapter, got a {adapter.kind} adapter.")
+        return adapter
 
     def factors(self, name):
-        return self.down[_key(name)], self.up[_key(name)]
+        return self.down[module_key(name)], self.up[module_key(name)]
+
+    def add_to(self, model, scale=1.0, merged=True, source=""):
+        """``model`` plus this adapter at ``scale`` (a new model; ``model`` is unchanged), after
+        checking that it fits. Merged: folded into the weights while sampling; else hooks.
+        Several adapters stack: merged ones add their weight changes in turn."""
+        self.check(model, source or None)
+        return model.with_patch(AdapterPatch(self, float(scale), merged, str(source)))
 
     # ---- unmerged ---------------------------------------------------------------------------
     def attach(self, unet, scale=1.0):
@@ -154,128 +227,112 @@ class LowRankAdapter(nn.Module):
         return handles
 
     def _hook(self, down, up, scale, conv):
-        kind = self.kind
-
         def hook(module, args, out):
             s = _scale_now(scale)
             if isinstance(s, (int, float)) and s == 0:
                 return out
-            d, u = down.to(out.dtype), up.to(out.dtype)
-            if not isinstance(s, (int, float)):  # a scale that itself needs gradients
-                src = args[0] if kind in WEIGHT_KINDS else out
-                if conv:
-                    return out + s * torch.einsum("bchw,cr,rd->bdhw", src, d, u)
-                return out + s * ((src @ d) @ u)
-            # fused multiply-adds: at SD1.5 size they cost a fifth of an einsum plus a separate
-            # add. Without autograd they write into the layer's fresh output (no new tensor).
-            inplace = out.is_contiguous() and not torch.is_grad_enabled()
-            if conv and kind not in WEIGHT_KINDS:
-                b, c = out.shape[:2]
-                o3 = out.reshape(b, c, -1)
-                low, up_t = torch.matmul(d.T, o3), u.T.expand(b, -1, -1)
-                if inplace:
-                    o3.baddbmm_(up_t, low, alpha=s)
-                    return out
-                return torch.baddbmm(o3, up_t, low, alpha=s).view_as(out)
-            o2 = out.reshape(-1, out.shape[-1])
-            src = args[0].reshape(-1, args[0].shape[-1]) if kind in WEIGHT_KINDS else o2
-            low = src @ d
-            if inplace:
-                o2.addmm_(low, u, alpha=s)
-                return out
-            return torch.addmm(o2, low, u, alpha=s).view_as(out)
+            # without autograd, write into the layer's fresh output (no new tensor)
+            inplace = isinstance(s, (int, float)) and out.is_contiguous() and not torch.is_grad_enabled()
+            return self._add_update(args[0], out, down.to(out.dtype), up.to(out.dtype), s, conv, inplace)
         return hook
+
+    def _add_update(self, x, out, down, up, s, conv, inplace):
+        """The layer's output ``out`` (input ``x``) plus ``s`` times the adapter's term."""
+        raise NotImplementedError
 
     def effective_parameters(self, name, module, scale):
         """The layer's (weight, bias) with the adapter folded in, from its current tensors."""
         weight = self.merged_weight(name, module.weight, scale)
         bias = module.bias
-        if bias is not None and self.kind not in WEIGHT_KINDS:
+        if bias is not None and "bias" in self.merged_tensors:
             bias = self.merged_weight(name, bias, scale)
         return weight, bias
 
     # ---- merged: weight patch -------------------------------------------------------------
     def merged_weight(self, name, weight, scale):
-        down, up = (t.detach().to(weight.device, torch.float32) for t in self.factors(name))
-        w = weight.float()
-        if self.kind in WEIGHT_KINDS:
-            return torch.addmm(w, up.T, down.T, alpha=float(scale)).to(weight.dtype)
-        # (I + s·down·up)ᵀ W, kept low-rank: a C×C projection would cost C²·K per layer
-        # (minutes for SD1.5's 282 layers on a CPU) instead of 2·r·C·K
-        flat = w.reshape(w.shape[0], -1) if w.ndim > 1 else w.unsqueeze(1)
-        return torch.addmm(flat, up.T, down.T @ flat, alpha=float(scale)).reshape(w.shape).to(weight.dtype)
+        """The layer tensor ``weight`` (a weight or a bias in ``merged_tensors``) with the adapter folded in."""
+        raise NotImplementedError
 
     # ---- file format ------------------------------------------------------------------------
     def save(self, path, overwrite=False, extra_tensors=None):
-        from .files import save_safetensors
         tensors = {}
         for name in self.targets:
             down, up = self.factors(name)
             tensors[f"{name}.down"] = down.detach().float().cpu()
             tensors[f"{name}.up"] = up.detach().float().cpu()
         tensors.update(extra_tensors or {})
-        meta = {"format": FORMAT, "kind": self.kind, "rank": str(self.rank), "targets": json.dumps(self.targets)}
-        meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in self.metadata.items()})
-        return save_safetensors(tensors, path, metadata=meta, overwrite=overwrite)
+        return write_adapter_file(path, self.kind, self.rank, self.targets, tensors, self.metadata, overwrite)
 
     @classmethod
     def load(cls, path, kind=None):
-        """Read an adapter file, checking it is one and of the expected kind (no model checks)."""
-        from .files import read_metadata, read_state_dict
-        meta = read_metadata(path)
-        if meta.get("format") != FORMAT:
-            raise ModelFileError(path, "this is not a Still-Moving adapter file (no 'format' metadata).",
-                                 "Pick a file written by this pack's training nodes (models/still_moving/).")
-        if kind and meta.get("kind") != kind:
-            raise ModelFileError(path, f"this is a {meta.get('kind')} adapter, but this slot needs a {kind} adapter.",
-                                 f"Pick a file from models/still_moving/{kind}/.")
-        tensors = read_state_dict(path, torch.float32)
-        targets = json.loads(meta["targets"])
-        rank = int(meta["rank"])
+        """Read an adapter file as its own class, checking it is one and of the expected kind
+        (``kind``, or the class's own when called on a subclass; no model checks)."""
+        f = read_adapter_file(path, kind or cls.kind)
+        try:
+            klass = adapter_class(f.kind)
+        except ValueError as e:
+            raise ModelFileError(path, str(e), "Pick a file written by this pack's training nodes.") from None
         shapes = {}
-        for name in targets:
-            down, up = tensors.get(f"{name}.down"), tensors.get(f"{name}.up")
+        for name in f.targets:
+            down, up = f.tensors.get(f"{name}.down"), f.tensors.get(f"{name}.up")
             if down is None or up is None:
                 raise ModelFileError(path, f"the adapter is missing the factors of '{name}'.", "The file may be truncated.")
-            if down.shape[1] != rank or up.shape[0] != rank:
-                raise ModelFileError(path, f"'{name}' has rank {down.shape[1]}/{up.shape[0]} but the file says {rank}.",
+            if down.shape[1] != f.rank or up.shape[0] != f.rank:
+                raise ModelFileError(path, f"'{name}' has rank {down.shape[1]}/{up.shape[0]} but the file says {f.rank}.",
                                      "The file is inconsistent; train it again.")
             shapes[name] = (down.shape[0], up.shape[1])
-        extra = {k: v for k, v in meta.items() if k not in ("format", "kind", "rank", "targets")}
-        adapter = cls(meta["kind"], shapes, rank, metadata={k: _maybe_json(v) for k, v in extra.items()})
+        adapter = klass(shapes, f.rank, metadata=f.metadata)
         with torch.no_grad():
-            for name in targets:
+            for name in f.targets:
                 d, u = adapter.factors(name)
-                d.copy_(tensors[f"{name}.down"])
-                u.copy_(tensors[f"{name}.up"])
-        adapter.extra_tensors = {k: v for k, v in tensors.items() if not k.endswith((".down", ".up"))}
+                d.copy_(f.tensors[f"{name}.down"])
+                u.copy_(f.tensors[f"{name}.up"])
+        adapter.extra_tensors = {k: v for k, v in f.tensors.items() if not k.endswith((".down", ".up"))}
         return adapter
 
     def check(self, model, path=None):
         """Refuse a file that does not fit this video model, saying what differs."""
+        check_fingerprints(self, model, path)
         modules = dict(model.unet.named_modules())
-        for key, what in (("motion_fingerprint", "motion module"), ("base_fingerprint", "customized T2I model")):
-            want = self.metadata.get(key)
-            if want is None or self.kind not in _CHECKED[key]:
-                continue
-            have = motion_fingerprint(model) if key == "motion_fingerprint" else t2i_fingerprint(model)
-            if want != have:
-                trained = self.metadata.get("motion_module" if key == "motion_fingerprint" else "customized", "?")
-                raise ModelFileError(path, f"this {self.kind} adapter was trained for another {what} ({trained}, "
-                                     f"fingerprint {want}; this graph has {have}).",
-                                     "Use the adapter trained for this model, or train one for it.")
         for name in self.targets:
             m = modules.get(name)
             if m is None:
                 raise ModelFileError(path, f"the video model has no layer '{name}' (adapter trained for a different "
                                      f"architecture or motion-module version: {self.metadata.get('motion_version', '?')} "
                                      f"vs {model.info.get('motion_version')}).", "")
-            d_in, d_out = self.down[_key(name)].shape[0], self.up[_key(name)].shape[1]
-            size = (m.in_features, m.out_features) if isinstance(m, nn.Linear) else (m.out_channels, m.out_channels)
-            if self.kind == SPATIAL:
-                size = (size[1], size[1]) if isinstance(m, nn.Linear) else size
+            d_in, d_out = self.down[module_key(name)].shape[0], self.up[module_key(name)].shape[1]
+            try:
+                size = self.factor_shape(m)
+            except ValueError as e:
+                raise ModelFileError(path, str(e), "") from None
             if (d_in, d_out) != size:
                 raise ModelFileError(path, f"layer '{name}' is {size} in this model but {(d_in, d_out)} in the adapter.", "")
+
+
+class WeightLoRA(LowRankAdapter):
+    """A LoRA on each target linear layer's weight, ``W + s · (down · up)ᵀ`` (bias unchanged):
+    the Motion Adapter, CustomCrafter's subject module, Customize-A-Video's absorber and temporal LoRA."""
+
+    @classmethod
+    def factor_shape(cls, module):
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"a {cls.kind} adapter goes on linear layers, not on a {type(module).__name__}.")
+        return module.in_features, module.out_features
+
+    def _add_update(self, x, out, down, up, s, conv, inplace):
+        if not isinstance(s, (int, float)):  # a scale that itself needs gradients
+            return out + s * ((x @ down) @ up)
+        # a fused multiply-add: at SD1.5 size it costs a fifth of an einsum plus a separate add
+        o2 = out.reshape(-1, out.shape[-1])
+        low = x.reshape(-1, x.shape[-1]) @ down
+        if inplace:
+            o2.addmm_(low, up, alpha=s)
+            return out
+        return torch.addmm(o2, low, up, alpha=s).view_as(out)
+
+    def merged_weight(self, name, weight, scale):
+        down, up = (t.detach().to(weight.device, torch.float32) for t in self.factors(name))
+        return torch.addmm(weight.float(), up.T, down.T, alpha=float(scale)).to(weight.dtype)
 
 
 class _WeightSideForward:
@@ -283,10 +340,9 @@ class _WeightSideForward:
 
     Without autograd, when the layer's output has more rows (tokens or pixels × batch) than its
     weight has fan-in, the adapter is folded into a temporary copy of the weight for this call
-    (cost ~ C·K·r) instead of projecting the output (cost ~ N·C·r plus another pass over a large
-    activation, which made unmerged sampling 14 % slower at SD1.5 size on a CPU). The module's
-    own tensors are never written. With autograd, or small activations, the output is projected
-    (the forward hook's arithmetic), so training and its gradients are unchanged.
+    (cost ~ C·K·r) instead of adding the low-rank term to the output (cost ~ N·C·r plus another
+    pass over a large activation). The module's own tensors are never written. With autograd, or
+    small activations, the hook's arithmetic runs, so training and its gradients are unchanged.
     """
 
     def __init__(self, adapter, name, module, hook, scale):
@@ -343,6 +399,7 @@ def _maybe_json(v):
         return v
 
 
+# ---- which video model a file was trained for ---------------------------------------------------
 def _fingerprint(named):
     h = hashlib.sha256()
     for name, t in named:
@@ -360,7 +417,6 @@ def motion_fingerprint(model):
 
 def t2i_fingerprint(model):
     """Identity of the effective T2I weights (base + injection patches, without adapters)."""
-    from .video_model import T2I
     bare = model.clone()
     bare.patches = [p for p in model.patches if getattr(p, "injection", False)]
     with bare.patched((T2I,)):
@@ -368,3 +424,28 @@ def t2i_fingerprint(model):
         injected = set(bare.injected_layers())
         chosen = [(n, p) for n, p in params if n.rsplit(".", 1)[0] in injected][:16] or params[:16]
         return _fingerprint(chosen)
+
+
+_FINGERPRINTS = {"motion_fingerprint": (motion_fingerprint, "motion module", "motion_module"),
+                 "base_fingerprint": (t2i_fingerprint, "customized T2I model", "customized")}
+
+
+def model_fingerprints(adapter_cls, model):
+    """The fingerprints a file of ``adapter_cls`` records: the motion module's always, and those
+    the class checks at attach (the customized T2I model's for Spatial Adapters)."""
+    keys = dict.fromkeys(("motion_fingerprint",) + tuple(adapter_cls.fingerprints))
+    return {k: _FINGERPRINTS[k][0](model) for k in keys}
+
+
+def check_fingerprints(adapter, model, path=None):
+    """Refuse an adapter whose recorded fingerprints (those its class checks) differ from ``model``'s."""
+    for key in adapter.fingerprints:
+        want = adapter.metadata.get(key)
+        if want is None:
+            continue
+        compute, what, name_key = _FINGERPRINTS[key]
+        have = compute(model)
+        if want != have:
+            raise ModelFileError(path, f"this {adapter.kind} adapter was trained for another {what} "
+                                 f"({adapter.metadata.get(name_key, '?')}, fingerprint {want}; this graph has {have}).",
+                                 "Use the adapter trained for this model, or train one for it.")

@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 
-from . import lowrank
 from .video_model import T2I, AdapterPatch, LoraPatch, ReplaceWeights
 
 
@@ -46,7 +45,7 @@ class WeightSchedule:
 def scales_with_schedule(patch):
     """True for a patch that customizes the T2I (spatial) layers of the video UNet."""
     if isinstance(patch, AdapterPatch):
-        return patch.adapter.kind in lowrank.SPATIAL_KINDS
+        return patch.adapter.customizes_t2i
     return isinstance(patch, (ReplaceWeights, LoraPatch)) and patch.target == T2I
 
 

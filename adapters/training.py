@@ -1,8 +1,10 @@
-"""The one training loop: Motion Adapter and Spatial Adapters on frozen videos.
+"""The one training loop, for every adapter kind (Motion Adapter, Spatial Adapters, ...).
 
-Everything but the adapter is frozen; gradients flow through the whole video UNet. Each step
-draws its batch, noise and timesteps from a generator seeded by (seed, step), so a run resumed
-from a saved file continues exactly as the uninterrupted run would have.
+Everything but the adapter is frozen; gradients flow through the whole video UNet. What differs
+between kinds (which clips, frozen or not, the Motion Adapter's α, temporal layers bypassed) is
+the kind's ``TrainingRecipe``, read from its class. Each step draws its batch, noise and
+timesteps from a generator seeded by (seed, step), so a run resumed from a saved file continues
+exactly as the uninterrupted run would have.
 """
 import contextlib
 import math
@@ -16,8 +18,22 @@ import torch.nn.functional as F
 
 from . import lowrank, memory
 from .files import unique_path
-from .fullweights import FULL, FullDelta
-from .lowrank import MOTION, SPATIAL, LowRankAdapter
+from .lowrank import LowRankAdapter
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How ``train`` trains one adapter kind (each adapter class carries one as ``recipe``)."""
+    # how a custom clip becomes an example: True = one random frame repeated (a frozen video),
+    # False = consecutive real frames, "unordered" = its frames in random order (a bag of images)
+    frozen: object = True
+    prior: bool = False            # mix in ``prior_clips`` (real frames, in order) by ``prior_ratio``
+    motion_adapter: bool = False   # train under the Motion Adapter: α = 1 on custom clips, 0 on prior clips
+    bypass_temporal: bool = False  # every motion module bypassed on every step
+
+    def clip_frames(self, use_prior):
+        """The ``frozen`` argument of ``clip_latents`` for a prior or a custom example."""
+        return False if use_prior else self.frozen
 
 
 @dataclass
@@ -76,7 +92,7 @@ def _noise_schedule():
     return torch.cumprod(1 - betas, 0).float()
 
 
-def _clip_latents(clip, frames, frozen, g):
+def clip_latents(clip, frames, frozen, g):
     """(C, F, h, w) for one training example: a frozen clip (one random frame repeated) or a
     window of ``frames`` consecutive frames of a natural clip. ``frozen="unordered"``: ``frames``
     frames in random order (Customize-A-Video's absorber sees a video as a bag of images)."""
@@ -141,8 +157,10 @@ def _average_gradients(accelerator, params):
 
 def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), motion_adapter=None,
           resume=None, device="cpu", callback=None, should_stop=None, metadata=None, accelerator=None):
-    """Train a Motion Adapter (``kind='motion'``) or Spatial Adapters (``kind='spatial'``).
+    """Train an adapter of ``kind``: its class (``MotionAdapter``, ``SpatialAdapters``, ...) or
+    the kind string stored in its files (``"motion"``, ``"spatial"``, ...).
 
+    The class's ``recipe`` says what the clips are for:
     motion:  ``custom_clips`` are natural videos; each example is one random frame frozen, α = 1.
     spatial: ``custom_clips`` are stills of the customized model (frozen, Motion Adapter at α = 1),
              ``prior_clips`` natural videos (Motion Adapter at α = 0), mixed by ``prior_ratio``.
@@ -152,8 +170,6 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
              frames with the temporal layers bypassed.
     temporal (Customize-A-Video): ``custom_clips`` is the reference video, real frames in order;
              give ``model`` with the trained absorber attached (a patch: loaded, frozen).
-    full (the paper's ablation): as spatial, but a full delta on every injected layer's weights
-             (``fullweights.FullDelta``) is trained instead of Spatial Adapters.
     ``callback(step, total, loss, source)`` reports progress; ``should_stop()`` ends the run at
     the next step with what was trained saved. Returns a ``TrainResult``.
 
@@ -164,9 +180,14 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
     is the same as without an accelerator.
     """
     settings.validate()
+    cls = lowrank.adapter_class(kind)
+    recipe = cls.recipe
     if not custom_clips:
         raise ValueError("no training clips given")
-    if kind in (SPATIAL, FULL) and motion_adapter is None and not settings.interleaved:
+    if prior_clips and not recipe.prior:
+        raise ValueError(f"a {cls.kind} adapter trains on custom_clips alone; prior_clips would be ignored: "
+                         "leave them out.")
+    if recipe.motion_adapter and motion_adapter is None and not settings.interleaved:
         raise ValueError("Spatial Adapters train with the Motion Adapter at α = 1 on the frozen stills "
                          "(without it the model learns static videos); give one, or use interleaved=True.")
     procs, rank = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
@@ -177,25 +198,22 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
     info = dict(metadata or {})
     info.update({"settings": asdict(settings), "motion_version": model.info.get("motion_version"),
                  "motion_module": Path(model.info.get("motion_module", "?")).name,
-                 "checkpoint": Path(model.info.get("checkpoint", "?")).name,
-                 "motion_fingerprint": lowrank.motion_fingerprint(model)})
-    if kind in (SPATIAL, FULL):
-        info["base_fingerprint"] = lowrank.t2i_fingerprint(model)
+                 "checkpoint": Path(model.info.get("checkpoint", "?")).name})
+    info.update(lowrank.model_fingerprints(cls, model))
+    if "base_fingerprint" in info:
         info["customized"] = ", ".join(sorted({Path(p.source).name for p in model.patches
                                                if getattr(p, "injection", False) and p.source})) or "?"
     start = 0
     if resume is not None:
-        adapter = FullDelta.load(resume) if kind == FULL else LowRankAdapter.load(resume, kind)
-        if kind != FULL and adapter.rank != settings.rank:
+        adapter = cls.load(resume)
+        if isinstance(adapter, LowRankAdapter) and adapter.rank != settings.rank:
             raise ValueError(f"{resume}: the adapter has rank {adapter.rank} but the settings ask for rank "
                              f"{settings.rank}; resume with rank {adapter.rank} or start a new run.")
         adapter.check(model, resume)
         start = int(adapter.metadata.get("step", 0))
         path = Path(resume)
     else:
-        targets = lowrank.spatial_targets(model, settings.target_mode) if kind in (SPATIAL, FULL) else None
-        adapter = (FullDelta.for_model(model, targets) if kind == FULL else
-                   LowRankAdapter.for_model(kind, model, settings.rank, targets, seed=settings.seed))
+        adapter = cls.for_training(model, settings)
         path = unique_path(out_path)
     adapter.metadata.update(info)
     adapter.to(device)
@@ -225,7 +243,7 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
     with model.patched(), contextlib.ExitStack() as stack:
         embeds = _embed_all(model, list(custom_clips) + list(prior_clips), device)
         handles = adapter.attach(unet, 1.0)
-        if motion_adapter is not None and kind in (SPATIAL, FULL):
+        if motion_adapter is not None and recipe.motion_adapter:
             motion_adapter.to(device).requires_grad_(False)
             handles += motion_adapter.attach(unet, lambda: alpha_now["value"])
         stack.callback(lambda: [h.remove() for h in handles])
@@ -243,11 +261,12 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
                     cancelled = True
                     break
                 g = _step_generator(settings.seed, step * procs + rank)  # one process: step
-                use_prior = kind in (SPATIAL, FULL, lowrank.SUBJECT) and prior_clips and float(torch.rand(1, generator=g)) < settings.prior_ratio
+                use_prior = bool(recipe.prior and prior_clips
+                                 and float(torch.rand(1, generator=g)) < settings.prior_ratio)
                 pool = prior_clips if use_prior else custom_clips
                 idx = torch.randint(len(pool), (settings.batch,), generator=g).tolist()
-                frozen = {lowrank.TEMPORAL: False, lowrank.ABSORBER: "unordered"}.get(kind, kind == MOTION or not use_prior)
-                lat = torch.stack([_clip_latents(pool[i], settings.frames, frozen, g) for i in idx]).to(device)
+                frozen = recipe.clip_frames(use_prior)
+                lat = torch.stack([clip_latents(pool[i], settings.frames, frozen, g) for i in idx]).to(device)
                 captions = [pool[i].caption for i in idx]
                 noise = torch.randn(lat.shape, generator=g).to(device)
                 t = torch.randint(0, 1000, (settings.batch,), generator=g).to(device)
@@ -259,7 +278,7 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
                 noisy = a.sqrt() * lat + (1 - a).sqrt() * noise
                 alpha_now["value"] = 0.0 if use_prior else 1.0
                 # held through backward(): checkpointed blocks recompute their forward there
-                bypass = (settings.interleaved and not use_prior) or kind == lowrank.ABSORBER
+                bypass = (settings.interleaved and not use_prior) or recipe.bypass_temporal
                 off = temporal_layers_off(unet) if bypass else contextlib.nullcontext()
                 with off:
                     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -334,7 +353,7 @@ def mean_loss(model, clips, frames, frozen, seed=0, samples=8, device="cpu"):
         for i in range(samples):
             g = _step_generator(seed + 7919, i)
             clip = clips[int(torch.randint(len(clips), (1,), generator=g))]
-            lat = _clip_latents(clip, frames, frozen, g)[None].to(device)
+            lat = clip_latents(clip, frames, frozen, g)[None].to(device)
             noise = torch.randn(lat.shape, generator=g).to(device)
             t = torch.randint(0, 1000, (1,), generator=g).to(device)
             a = alphas[t].view(-1, 1, 1, 1, 1)

@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .lowrank import WEIGHT_KINDS
-
 T2I = "unet"            # spatial (text-to-image) layers of the video UNet
 TEXT = "text_encoder"
 
@@ -65,10 +63,11 @@ class LoraPatch:
 
 @dataclass(repr=False)
 class AdapterPatch:
-    """A Motion Adapter (scale = α) or Spatial Adapters (scale = strength) on the video UNet.
+    """An adapter (``lowrank.LowRankAdapter``: Motion Adapter at scale α, Spatial Adapters, ...)
+    on the video UNet, at ``scale``.
 
-    Merged: folded into the weights while sampling (zero cost). Unmerged: ``adapter.attach``
-    (the weights stay as they are; see ``lowrank._WeightSideForward``).
+    Merged: the adapter's ``merged_weight`` folds it into the tensors it changes while sampling
+    (zero cost). Unmerged: ``adapter.attach`` (the weights stay as they are).
     """
     adapter: object  # adapters.lowrank.LowRankAdapter
     scale: float = 1.0
@@ -80,15 +79,14 @@ class AdapterPatch:
     def names(self):
         if not self.merged or self.scale == 0:
             return set()
-        spatial = self.adapter.kind == "spatial"
-        return {f"{m}.{p}" for m in self.adapter.targets for p in (("weight", "bias") if spatial else ("weight",))}
+        return {f"{m}.{leaf}" for m in self.adapter.targets for leaf in self.adapter.merged_tensors}
 
     def apply(self, name, current):
         module, _, leaf = name.rpartition(".")
         if not self.merged or self.scale == 0 or module not in self.adapter.targets:
             return current  # another patch's tensor (patches are applied per tensor, in order)
-        if leaf != "weight" and self.adapter.kind in WEIGHT_KINDS:
-            return current  # a weight update (W + s·ΔW) leaves the layer's bias alone
+        if leaf not in self.adapter.merged_tensors:
+            return current  # e.g. a weight update (W + s·ΔW) leaves the layer's bias alone
         return self.adapter.merged_weight(module, current, self.scale)
 
     def hooks(self, unet):

@@ -67,7 +67,7 @@ def main():
 
     from adapters import inject, random_models
     from adapters.loading import load_video_model
-    from adapters.lowrank import SPATIAL, LowRankAdapter
+    from adapters.spatial_adapters import SpatialAdapters
     from adapters.sampling import encode_text, initial_noise, sample
     from adapters.video_model import T2I, AdapterPatch
 
@@ -85,7 +85,7 @@ def main():
     del parts
     print(f"injected the custom checkpoint in {time.perf_counter() - t:.1f} s: "
           f"{len(custom.injected_layers())} layers", flush=True)
-    adapter = LowRankAdapter.for_model(SPATIAL, custom, a.rank, lowrank_targets(custom, a.target_mode), seed=0)
+    adapter = SpatialAdapters.for_model(custom, a.rank, lowrank_targets(custom, a.target_mode), seed=0)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in adapter.up.values():

@@ -229,7 +229,7 @@ def bench_training(vm, a, gpu, results):
 
     from adapters import inject, random_models
     from adapters.data import LatentClip
-    from adapters.lowrank import MOTION, LowRankAdapter
+    from adapters.motion_adapter import MotionAdapter
     from adapters.sampling import encode_text
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
     h = a.train_width // vm.vae_scale
@@ -263,7 +263,7 @@ def bench_training(vm, a, gpu, results):
           flush=True)
     run("ours: Motion Adapter, gradient checkpointing",
         lambda: our_train(vm, "motion", clips, a, gpu, out_dir, a.amp, checkpointing=True)[0])
-    ma = LowRankAdapter.for_model(MOTION, vm, 8, seed=1)
+    ma = MotionAdapter.for_model(vm, 8, seed=1)
     # Spatial Adapters sit on the layers a customized checkpoint replaced: inject a random one
     custom = inject.inject_weights(vm, random_models.sd15_parts(a.size, seed=1)["unet"], source="custom_random")
     run("ours: Spatial Adapters + MA, checkpointing",

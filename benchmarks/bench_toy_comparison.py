@@ -74,7 +74,9 @@ if str(REPO) not in sys.path:
 
 from adapters import data, inject, loading, sampling, scoring, toyworld as tw, training  # noqa: E402
 from adapters.files import unique_path, write_text, write_video  # noqa: E402
-from adapters.lowrank import MOTION, LowRankAdapter  # noqa: E402
+from adapters.fullweights import FullDelta  # noqa: E402
+from adapters.motion_adapter import MotionAdapter  # noqa: E402
+from adapters.spatial_adapters import SpatialAdapters  # noqa: E402
 from adapters.video_model import AdapterPatch  # noqa: E402
 
 METHODS = ("truth", "base", "naive", "interpolation", "interleaved", "interleaved_full", "still_moving",
@@ -188,23 +190,23 @@ def build_methods(names, base, custom_path, motion_adapter, stills, prior, s, ou
         if name == "interpolation":
             models[name] = (inject.inject_checkpoint(base, custom_path, 0.5), 0.0)
             continue
-        kind, ma, ratio, interleaved = "spatial", motion_adapter, s["prior_ratio"], False
+        kind, ma, ratio, interleaved = SpatialAdapters, motion_adapter, s["prior_ratio"], False
         if name in ("interleaved", "interleaved_full"):
             ma, interleaved = None, True
-            kind = "full" if name == "interleaved_full" else kind
+            kind = FullDelta if name == "interleaved_full" else kind
         elif name == "no_motion_adapter":
-            ma = LowRankAdapter.for_model(MOTION, base, motion_adapter.rank, seed=s["seed"])  # A_up = 0: identity
+            ma = MotionAdapter.for_model(base, motion_adapter.rank, seed=s["seed"])  # A_up = 0: identity
         elif name == "full_weights":
-            kind = "full"
+            kind = FullDelta
         elif name == "no_prior":
             ratio = 0.0
-        lr = s["full_lr"] if kind == "full" else s["lr"]
+        lr = s["full_lr"] if kind is FullDelta else s["lr"]
         settings = training.TrainSettings(steps=s["train_steps"], learning_rate=lr, rank=s["rank"], batch=s["batch"],
                                           frames=tw.FRAMES, seed=s["seed"], prior_ratio=ratio,
                                           interleaved=interleaved, caption_dropout=s["caption_dropout"])
         res = training.train(naive, kind, settings, out / "adapters" / f"{name}.safetensors", custom_clips=stills,
                              prior_clips=prior if ratio > 0 else (), motion_adapter=ma, device=device)
-        model = res.adapter.apply(naive) if kind == "full" else naive.with_patch(AdapterPatch(res.adapter, 1.0, True))
+        model = res.adapter.apply(naive) if kind is FullDelta else naive.with_patch(AdapterPatch(res.adapter, 1.0, True))
         last = [l for _, l, src in res.losses if src == "custom"][-20:]
         log(f"  trained {name}: {res.step} steps in {res.seconds:.1f} s (custom loss {np.mean(last):.4f})")
         models[name] = (model, time.time() - t0)
@@ -354,14 +356,14 @@ def load_models(models_dir, s, out, device):
     base = loading.load_video_model(models_dir / tw.MODEL_FILES["base"], models_dir / tw.MODEL_FILES["motion"])
     ma_path = models_dir / tw.MODEL_FILES["adapter"]
     if ma_path.is_file():
-        ma = LowRankAdapter.load(ma_path, MOTION)
+        ma = MotionAdapter.load(ma_path)
         ma.check(base, ma_path)
         log(f"Motion Adapter: {ma_path.name} (rank {ma.rank})")
     else:  # train one the way the toy models' script does: frozen toy clips
         clips = data.encode_clips(base.vae, prior_videos(s["prior"]), tw.SIZE, tw.SIZE)
         settings = training.TrainSettings(steps=s["motion_adapter_steps"], learning_rate=1e-3, rank=s["rank"],
                                           frames=tw.FRAMES, seed=s["seed"])
-        ma = training.train(base, MOTION, settings, out / "adapters" / "motion.safetensors", custom_clips=clips,
+        ma = training.train(base, MotionAdapter, settings, out / "adapters" / "motion.safetensors", custom_clips=clips,
                             device=device).adapter
         log(f"Motion Adapter: none in {models_dir}, trained one ({settings.steps} steps)")
     return base, models_dir / tw.MODEL_FILES["custom"], ma

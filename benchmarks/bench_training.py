@@ -6,7 +6,7 @@ batch 1, the same frames and resolution, fp32, AdamW (lr 1e-4, weight decay 1e-2
 noise, all other weights frozen:
 
 * ours: ``train(vm, "motion", TrainSettings(steps=N, rank=8, ...), custom_clips=...)``: forward
-  hooks (``LowRankAdapter.attach``), the per-step seeded generator, ``model.patched()``, the
+  hooks (``MotionAdapter.attach``), the per-step seeded generator, ``model.patched()``, the
   text embedding computed inside the call, the adapter file written at the end;
 * reference: ``peft.inject_adapter_in_model(LoraConfig(r=8, lora_alpha=8, target_modules=<the
   temporal to_q/to_k/to_v>), unet)``, then the textbook loop: ``torch.randn_like`` noise,
@@ -148,14 +148,14 @@ def check_same_gradients(vm, lat, emb, a):
     import torch
     import torch.nn.functional as F
 
-    from adapters.lowrank import MOTION, LowRankAdapter
+    from adapters.motion_adapter import MotionAdapter
     unet = vm.unet
     g = torch.Generator().manual_seed(123)
     noisy = torch.randn(lat.shape, generator=g)
     noise = torch.randn(lat.shape, generator=g)
     t = torch.tensor([400])
     enc = emb.repeat_interleave(a.frames, 0)
-    ours = LowRankAdapter.for_model(MOTION, vm, a.rank, seed=0)
+    ours = MotionAdapter.for_model(vm, a.rank, seed=0)
     with torch.no_grad():
         for p in ours.up.values():
             p.copy_(torch.randn(p.shape, generator=g) * 0.02)

@@ -96,7 +96,7 @@ def child(a):
 
     from adapters import loading, memory, random_models
     from adapters.data import LatentClip
-    from adapters.lowrank import MOTION, LowRankAdapter
+    from adapters.motion_adapter import MotionAdapter
     from adapters.training import TrainSettings, train
     from adapters.video_model import T2I, ReplaceWeights
 
@@ -121,7 +121,7 @@ def child(a):
             for n, p in vm.unet.named_parameters():
                 if ".motion_modules." in n:
                     p.sum()
-        motion = LowRankAdapter.for_model(MOTION, vm, a.rank, seed=2)
+        motion = MotionAdapter.for_model(vm, a.rank, seed=2)
         with torch.no_grad():
             for p in motion.up.values():
                 p.normal_(0, 0.01)

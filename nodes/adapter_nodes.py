@@ -1,6 +1,7 @@
 """Attaching Still-Moving's Motion Adapter and Spatial Adapters to a video model."""
-from ..adapters import lowrank
-from ..adapters.video_model import AdapterPatch
+from ..adapters.lowrank import LowRankAdapter
+from ..adapters.motion_adapter import MotionAdapter
+from ..adapters.spatial_adapters import SpatialAdapters
 from . import paths
 from .video_model_nodes import CATEGORY, VIDEO_MODEL
 
@@ -16,17 +17,22 @@ def adapter_files(kind):
 FROM_INPUT = "(adapter input)"   # a file choice that stands for the linked 'adapter' input
 
 
-def load_adapter(kind, name, adapter):
-    """The adapter from the graph if linked (checked to be of ``kind``), else the chosen file."""
+def load_adapter(cls, name, adapter):
+    """The adapter from the graph if linked (checked to be a ``cls``), else the chosen file."""
     if adapter is not None:
-        if adapter.kind != kind:
-            raise ValueError(f"this input needs a {kind} adapter, got a {adapter.kind} adapter.")
-        return adapter, "(from the graph)"
+        return cls.expect(adapter), "(from the graph)"
     if name in (FROM_INPUT, "(none)"):
-        raise ValueError(f"no {kind} adapter: link the 'adapter' input or pick a file from "
-                         f"models/still_moving/{kind}/.")
+        raise ValueError(f"no {cls.kind} adapter: link the 'adapter' input or pick a file from "
+                         f"models/still_moving/{cls.kind}/.")
     path = paths.full_path("still_moving", name)
-    return lowrank.LowRankAdapter.load(path, kind), path
+    return cls.load(path), path
+
+
+def attach_adapter(cls, video_model, name, adapter, scale, merge):
+    """What every Attach node does: the linked adapter or the chosen file, checked to fit the
+    video model, added to it at ``scale`` (merged or as hooks)."""
+    adapter, path = load_adapter(cls, name, adapter)
+    return adapter.add_to(video_model, scale, merge, str(path))
 
 
 class AttachMotionAdapter:
@@ -35,8 +41,9 @@ class AttachMotionAdapter:
         return {"required": {
             "video_model": (VIDEO_MODEL, {"tooltip": "The video model, usually after the customized model and its "
                                                      "Spatial Adapters."}),
-            "adapter_name": (adapter_files("motion"), {"tooltip": "A Motion Adapter from models/still_moving/motion/ "
-                                                                  "(ignored when the adapter input is linked)."}),
+            "adapter_name": (adapter_files(MotionAdapter.kind), {
+                "tooltip": "A Motion Adapter from models/still_moving/motion/ (ignored when the adapter input is "
+                           "linked)."}),
             "motion_scale": ("FLOAT", {"default": 0.0, "min": -2.0, "max": 2.0, "step": 0.05,
                                        "tooltip": "α: 0 = the model's own motion, 1 = frozen (static) video, "
                                                   "negative = more motion than the original. Behind Spatial Adapters "
@@ -55,9 +62,7 @@ class AttachMotionAdapter:
         return paths.fingerprint("still_moving", adapter_name)
 
     def attach(self, video_model, adapter_name, motion_scale, adapter=None):
-        adapter, path = load_adapter(lowrank.MOTION, adapter_name, adapter)
-        adapter.check(video_model, path)
-        return (video_model.with_patch(AdapterPatch(adapter, motion_scale, True, str(path))),)
+        return (attach_adapter(MotionAdapter, video_model, adapter_name, adapter, motion_scale, True),)
 
 
 class AttachSpatialAdapters:
@@ -66,9 +71,9 @@ class AttachSpatialAdapters:
         return {"required": {
             "video_model": (VIDEO_MODEL, {"tooltip": "The video model with the customized model injected (the same "
                                                      "one the adapters were trained for)."}),
-            "adapter_name": (adapter_files("spatial"), {"tooltip": "Spatial Adapters from models/still_moving/spatial/, "
-                                                                  "trained for the customized model injected above "
-                                                                  "(ignored when the adapter input is linked)."}),
+            "adapter_name": (adapter_files(SpatialAdapters.kind), {
+                "tooltip": "Spatial Adapters from models/still_moving/spatial/, trained for the customized model "
+                           "injected above (ignored when the adapter input is linked)."}),
             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
                                    "tooltip": "1 as trained. Lower it if the subject looks weak in the video, "
                                               "raise it a little if the motion still looks frozen."}),
@@ -88,9 +93,7 @@ class AttachSpatialAdapters:
         return paths.fingerprint("still_moving", adapter_name)
 
     def attach(self, video_model, adapter_name, strength, merge, adapter=None):
-        adapter, path = load_adapter(lowrank.SPATIAL, adapter_name, adapter)
-        adapter.check(video_model, path)
-        return (video_model.with_patch(AdapterPatch(adapter, strength, merge, str(path))),)
+        return (attach_adapter(SpatialAdapters, video_model, adapter_name, adapter, strength, merge),)
 
 
 class LoadAdapter:
@@ -115,4 +118,4 @@ class LoadAdapter:
         return paths.fingerprint("still_moving", adapter_name)
 
     def load(self, adapter_name):
-        return (lowrank.LowRankAdapter.load(paths.full_path("still_moving", adapter_name)),)
+        return (LowRankAdapter.load(paths.full_path("still_moving", adapter_name)),)

@@ -1,8 +1,9 @@
 """CustomCrafter and Customize-A-Video nodes: thin glue over ``adapters.customize``."""
-from ..adapters import customize, lowrank, schedule, training
-from .adapter_nodes import ADAPTER, FROM_INPUT, adapter_files, load_adapter
+from ..adapters import customize, schedule, training
+from ..adapters.customize import AppearanceAbsorber, SubjectModule, TemporalLoRA
 from . import paths
-from .training_nodes import CLIPS, _name_input, _resume_input, _settings_inputs, _Trainer
+from .adapter_nodes import ADAPTER, FROM_INPUT, adapter_files, attach_adapter
+from .training_nodes import CLIPS, Trainer, name_input, resume_input, settings_inputs
 from .video_model_nodes import CATEGORY, VIDEO_MODEL
 
 WEIGHT_SCHEDULE = "SM_WEIGHT_SCHEDULE"
@@ -43,7 +44,7 @@ class WeightScheduleNode:
 
 
 class _Attach:
-    KIND = ""
+    ADAPTER_CLASS = None  # the adapter class this node attaches
     RETURN_TYPES = (VIDEO_MODEL,)
     FUNCTION = "attach"
     CATEGORY = CATEGORY
@@ -53,18 +54,17 @@ class _Attach:
         return paths.fingerprint("still_moving", adapter_name)
 
     def attach(self, video_model, adapter_name, strength, merge, adapter=None):
-        adapter, path = load_adapter(self.KIND, adapter_name, adapter)
-        return (customize.attach(video_model, adapter, strength, merge, kind=self.KIND, source=str(path)),)
+        return (attach_adapter(self.ADAPTER_CLASS, video_model, adapter_name, adapter, strength, merge),)
 
 
 class AttachSubjectModule(_Attach):
-    KIND = lowrank.SUBJECT
+    ADAPTER_CLASS = SubjectModule
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "video_model": (VIDEO_MODEL, {"tooltip": "The base video model the subject module was trained in."}),
-            "adapter_name": (_choices(cls.KIND), {"tooltip": "A subject module from models/still_moving/subject/, or "
+            "adapter_name": (_choices(cls.ADAPTER_CLASS.kind), {"tooltip": "A subject module from models/still_moving/subject/, or "
                                                              "'(adapter input)' to use the linked adapter."}),
             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
                                    "tooltip": "1 as trained; a weight schedule on the sampler multiplies this per "
@@ -77,13 +77,13 @@ class AttachSubjectModule(_Attach):
 
 
 class AttachTemporalLoRA(_Attach):
-    KIND = lowrank.TEMPORAL
+    ADAPTER_CLASS = TemporalLoRA
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "video_model": (VIDEO_MODEL, {"tooltip": "The video model to give the reference video's motion."}),
-            "adapter_name": (_choices(cls.KIND), {"tooltip": "A temporal LoRA from models/still_moving/temporal/, or "
+            "adapter_name": (_choices(cls.ADAPTER_CLASS.kind), {"tooltip": "A temporal LoRA from models/still_moving/temporal/, or "
                                                              "'(adapter input)' to use the linked adapter."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05,
                                    "tooltip": "1 as trained; 0.5-1 for a softer copy of the motion. Chain several "
@@ -102,7 +102,7 @@ def _settings(steps, learning_rate, rank, batch, frames, seed, mixed_precision, 
                                   gradient_checkpointing, save_every, **extra)
 
 
-class TrainSubjectModule(_Trainer):
+class TrainSubjectModule(Trainer):
     @classmethod
     def INPUT_TYPES(cls):
         req = {"video_model": (VIDEO_MODEL, {"tooltip": "The video model the subject module is trained in (usually "
@@ -110,15 +110,15 @@ class TrainSubjectModule(_Trainer):
                "reference_images": (CLIPS, {"tooltip": "The subject's reference images (Training Clips from Image "
                                                        "Folder / from Images), captioned with a rare trigger word, "
                                                        "e.g. 'a photo of sks dog'. Each becomes a still clip."})}
-        req.update(_settings_inputs(rank=4, lr=1e-4, steps=1000))
-        req["name"] = _name_input("subject_module")
+        req.update(settings_inputs(rank=4, lr=1e-4, steps=1000))
+        req["name"] = name_input("subject_module")
         req["prior_ratio"] = ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
                                         "tooltip": "Share of steps on the prior-preservation images (0.5 is a good "
                                                    "start; 0 without prior_images)."})
         return {"required": req, "optional": {
             "prior_images": (CLIPS, {"tooltip": "Class images for prior preservation (e.g. 'a photo of a dog' made by "
                                                 "the base checkpoint); CustomCrafter used about 200."}),
-            "resume_from": _resume_input(lowrank.SUBJECT)}, "hidden": {"unique_id": "UNIQUE_ID"}}
+            "resume_from": resume_input(SubjectModule.kind)}, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     DESCRIPTION = ("CustomCrafter: trains a subject module (rank-4 update on Q/K/V of the spatial self- and cross-"
                    "attention; temporal layers untouched) on still clips of the reference images. The paper also "
@@ -130,19 +130,19 @@ class TrainSubjectModule(_Trainer):
               resume_from="none", unique_id=None):
         s = _settings(steps, learning_rate, rank, batch, frames, seed, mixed_precision, gradient_checkpointing,
                       save_every, prior_ratio=prior_ratio)
-        return self._train(lowrank.SUBJECT, video_model, reference_images, list(prior_images or []), None, s,
+        return self._train(SubjectModule, video_model, reference_images, list(prior_images or []), None, s,
                            width, height, name, resume_from, unique_id)
 
 
-class TrainAppearanceAbsorber(_Trainer):
+class TrainAppearanceAbsorber(Trainer):
     @classmethod
     def INPUT_TYPES(cls):
         req = {"video_model": (VIDEO_MODEL, {"tooltip": "The base video model."}),
                "reference_video": (CLIPS, {"tooltip": "The one reference video (Training Clips from Video Folder), "
                                                       "captioned with what it shows."})}
-        req.update(_settings_inputs(rank=16, lr=1e-4, steps=300))
-        req["name"] = _name_input("appearance_absorber")
-        return {"required": req, "optional": {"resume_from": _resume_input(lowrank.ABSORBER)},
+        req.update(settings_inputs(rank=16, lr=1e-4, steps=300))
+        req["name"] = name_input("appearance_absorber")
+        return {"required": req, "optional": {"resume_from": resume_input(AppearanceAbsorber.kind)},
                 "hidden": {"unique_id": "UNIQUE_ID"}}
 
     DESCRIPTION = ("Customize-A-Video, stage 1: an appearance absorber (spatial attention update) trained on the "
@@ -154,22 +154,22 @@ class TrainAppearanceAbsorber(_Trainer):
               mixed_precision, gradient_checkpointing, save_every, name, resume_from="none", unique_id=None):
         s = _settings(steps, learning_rate, rank, batch, frames, seed, mixed_precision, gradient_checkpointing,
                       save_every)
-        return self._train(lowrank.ABSORBER, video_model, reference_video, [], None, s, width, height, name,
+        return self._train(AppearanceAbsorber, video_model, reference_video, [], None, s, width, height, name,
                            resume_from, unique_id)
 
 
-class TrainTemporalLoRA(_Trainer):
+class TrainTemporalLoRA(Trainer):
     @classmethod
     def INPUT_TYPES(cls):
         req = {"video_model": (VIDEO_MODEL, {"tooltip": "The base video model (the one the absorber was trained in)."}),
                "reference_video": (CLIPS, {"tooltip": "The same reference video, real frames in order."})}
-        req.update(_settings_inputs(rank=32, lr=5e-4, steps=300))
-        req["name"] = _name_input("temporal_lora")
+        req.update(settings_inputs(rank=32, lr=5e-4, steps=300))
+        req["name"] = name_input("temporal_lora")
         return {"required": req, "optional": {
             "absorber": (ADAPTER, {"tooltip": "From Train Appearance Absorber: attached and frozen during this run so "
                                               "the temporal LoRA learns the motion, not the look. Without it the "
                                               "LoRA also learns the video's appearance."}),
-            "resume_from": _resume_input(lowrank.TEMPORAL)}, "hidden": {"unique_id": "UNIQUE_ID"}}
+            "resume_from": resume_input(TemporalLoRA.kind)}, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     DESCRIPTION = ("Customize-A-Video, stage 2: a temporal LoRA (Q/K/V/out of the temporal attention) trained on "
                    "the reference video with the absorber frozen. Defaults follow MotionDirector's public recipe "
@@ -183,6 +183,6 @@ class TrainTemporalLoRA(_Trainer):
         model = video_model
         if absorber is not None:  # merged: folded into the weights for the run, nothing of it trains
             model = customize.with_absorber(video_model, absorber)
-        return self._train(lowrank.TEMPORAL, model, reference_video, [], None, s, width, height, name,
+        return self._train(TemporalLoRA, model, reference_video, [], None, s, width, height, name,
                            resume_from, unique_id)
 

@@ -2,7 +2,11 @@
 LoRA, a MotionLoRA for AnimateDiff-Evolved, a merged checkpoint for Load Checkpoint."""
 import folder_paths
 
-from ..adapters import export, lowrank
+from ..adapters import export
+from ..adapters.customize import TemporalLoRA
+from ..adapters.lowrank import LowRankAdapter
+from ..adapters.motion_adapter import MotionAdapter
+from ..adapters.spatial_adapters import SpatialAdapters
 from . import paths
 from .adapter_nodes import ADAPTER, FROM_INPUT, adapter_files, load_adapter
 from .video_model_nodes import CATEGORY, VIDEO_MODEL
@@ -59,7 +63,7 @@ class ExportSpatialLoRA:
         return paths.fingerprint("still_moving", adapter_name)
 
     def export(self, video_model, adapter_name, strength, filename, dtype, adapter=None):
-        adapter, source = load_adapter(lowrank.SPATIAL, adapter_name, adapter)
+        adapter, source = load_adapter(SpatialAdapters, adapter_name, adapter)
         path = export.export_spatial_lora(video_model, adapter, _target("loras", filename), strength, source, dtype)
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}
 
@@ -86,13 +90,13 @@ class ExportMergedCheckpoint:
         return paths.fingerprint("still_moving", adapter_name)
 
     def export(self, video_model, adapter_name, strength, filename, dtype, adapter=None):
-        adapter, source = load_adapter(lowrank.SPATIAL, adapter_name, adapter)
+        adapter, source = load_adapter(SpatialAdapters, adapter_name, adapter)
         path = export.export_merged_checkpoint(video_model, adapter, _target("checkpoints", filename), strength,
                                                source, dtype)
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}
 
 
-MOTION_KINDS = (lowrank.MOTION, lowrank.TEMPORAL)
+MOTION_KINDS = (MotionAdapter.kind, TemporalLoRA.kind)  # the adapters a MotionLoRA can be made from
 
 
 def _motion_files():
@@ -138,7 +142,7 @@ class ExportMotionLoRA:
                              "models/still_moving/motion/ or temporal/.")
         else:
             source = paths.full_path("still_moving", adapter_name)
-            adapter = lowrank.LowRankAdapter.load(source)
+            adapter = LowRankAdapter.load(source)
         if adapter.kind not in MOTION_KINDS:
             raise ValueError(f"{source}: this is a {adapter.kind} adapter; a MotionLoRA is made from a Motion Adapter "
                              "or a temporal LoRA.")

@@ -9,7 +9,8 @@ import torch
 
 import comfy.weight_adapter
 
-from ..adapters import detect, keys, lowrank
+from ..adapters import detect, keys
+from ..adapters.spatial_adapters import SpatialAdapters
 from . import paths
 from .adapter_nodes import ADAPTER, adapter_files, load_adapter
 from .video_model_nodes import CATEGORY
@@ -101,7 +102,7 @@ class ApplySpatialAdaptersToModel:
         return paths.fingerprint("still_moving", adapter_name)
 
     def apply(self, model, adapter_name, strength, adapter=None):
-        adapter, path = load_adapter(lowrank.SPATIAL, adapter_name, adapter)
+        adapter, path = load_adapter(SpatialAdapters, adapter_name, adapter)
         patches = model_patches(model, adapter, str(path))
         out = model.clone()
         added = set(out.add_patches(patches, strength))

@@ -7,6 +7,8 @@ import folder_paths
 
 from ..adapters import data, lowrank, training
 from ..adapters.files import safe_child
+from ..adapters.motion_adapter import MotionAdapter
+from ..adapters.spatial_adapters import SpatialAdapters
 from . import comfy_glue, paths
 from .adapter_nodes import ADAPTER
 from .video_model_nodes import VIDEO_MODEL
@@ -15,7 +17,7 @@ CLIPS = "SM_CLIPS"
 LOSS_EVENT = "still_moving.loss"
 
 
-def _settings_inputs(rank, lr, steps):
+def settings_inputs(rank, lr, steps):
     return {
         "steps": ("INT", {"default": steps, "min": 1, "max": 100000,
                           "tooltip": "Training steps. The default is a reasonable first run; watch the loss curve "
@@ -49,16 +51,16 @@ def _settings_inputs(rank, lr, steps):
         "save_every": ("INT", {"default": 0, "min": 0, "max": 100000,
                                "tooltip": "Save the adapter every this many steps, so a long run can be resumed; "
                                           "0 saves at the end (and on Cancel)."}),
-        "name": _name_input("still_moving"),
+        "name": name_input("still_moving"),
     }
 
 
-def _name_input(default):
+def name_input(default):
     return ("STRING", {"default": default, "tooltip": "File name (no folders); a number is added rather than "
                                                       "overwrite a file."})
 
 
-def _resume_input(kind):
+def resume_input(kind):
     return (_resume_choices(kind), {"tooltip": "Continue a saved run of this kind from its last saved step up to "
                                                "`steps`, saving to the same file (use the same rank); 'none' "
                                                "starts a new adapter."})
@@ -82,7 +84,7 @@ def _plain(clips):
     return [dataclasses.replace(c, frames=c.frames.clone()) if c.frames.is_inference() else c for c in clips]
 
 
-class _Trainer:
+class Trainer:
     CATEGORY = "Still-Moving/training"
     FUNCTION = "train"
     OUTPUT_NODE = True
@@ -97,8 +99,9 @@ class _Trainer:
         """A resumed run re-runs when the file it resumes from changes."""
         return "none" if resume_from in (None, "none") else paths.fingerprint("still_moving", resume_from)
 
-    def _train(self, kind, video_model, custom, prior, motion_adapter, s, width, height, name, resume_from,
+    def _train(self, cls, video_model, custom, prior, motion_adapter, s, width, height, name, resume_from,
                unique_id):
+        """Encode the clips and train an adapter of class ``cls`` into models/still_moving/<kind>/."""
         import numpy as np
         import torch
         from server import PromptServer
@@ -120,7 +123,7 @@ class _Trainer:
                 custom_l = data.encode_clips(video_model.vae, _plain(custom), width, height)
                 prior_l = data.encode_clips(video_model.vae, _plain(prior), width, height) if prior else []
             result = training.train(
-                video_model, kind, s, _out_path(kind, name), custom_clips=custom_l, prior_clips=prior_l,
+                video_model, cls, s, _out_path(cls.kind, name), custom_clips=custom_l, prior_clips=prior_l,
                 motion_adapter=motion_adapter, resume=resume, device=device, callback=callback,
                 should_stop=mm.processing_interrupted)
         curve = training.loss_curve_image(result.losses)
@@ -134,14 +137,14 @@ def _resume_choices(kind):
     return ["none"] + [f for f in adapter_files(kind) if f != "(none)"]
 
 
-class TrainMotionAdapter(_Trainer):
+class TrainMotionAdapter(Trainer):
     @classmethod
     def INPUT_TYPES(cls):
         req = {"video_model": (VIDEO_MODEL, {"tooltip": "The BASE video model (no customization injected)."}),
                "videos": (CLIPS, {"tooltip": "Natural videos; each step freezes one random frame of one video."})}
-        req.update(_settings_inputs(rank=8, lr=1e-4, steps=2000))
-        req["name"] = _name_input("motion_adapter")
-        return {"required": req, "optional": {"resume_from": _resume_input("motion")},
+        req.update(settings_inputs(rank=8, lr=1e-4, steps=2000))
+        req["name"] = name_input("motion_adapter")
+        return {"required": req, "optional": {"resume_from": resume_input(MotionAdapter.kind)},
                 "hidden": {"unique_id": "UNIQUE_ID"}}
 
     DESCRIPTION = ("Trains the Motion Adapter: it learns to make the base video model output still videos, which "
@@ -152,11 +155,11 @@ class TrainMotionAdapter(_Trainer):
               mixed_precision, gradient_checkpointing, save_every, name, resume_from="none", unique_id=None):
         s = training.TrainSettings(steps, learning_rate, rank, batch, frames, seed, mixed_precision,
                                    gradient_checkpointing, save_every)
-        return self._train(lowrank.MOTION, video_model, videos, [], None, s, width, height, name,
+        return self._train(MotionAdapter, video_model, videos, [], None, s, width, height, name,
                            resume_from, unique_id)
 
 
-class TrainSpatialAdapters(_Trainer):
+class TrainSpatialAdapters(Trainer):
     @classmethod
     def INPUT_TYPES(cls):
         req = {"video_model": (VIDEO_MODEL, {"tooltip": "The video model WITH the customized model injected."}),
@@ -164,8 +167,8 @@ class TrainSpatialAdapters(_Trainer):
                                                        "customized stills so the adapters learn appearance, not stillness."}),
                "customized_stills": (CLIPS, {"tooltip": "Images made by the customized T2I model, with captions."}),
                "prior_videos": (CLIPS, {"tooltip": "Natural videos for prior preservation (α = 0)."})}
-        req.update(_settings_inputs(rank=16, lr=1e-4, steps=1000))
-        req["name"] = _name_input("spatial_adapters")
+        req.update(settings_inputs(rank=16, lr=1e-4, steps=1000))
+        req["name"] = name_input("spatial_adapters")
         req["prior_ratio"] = ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
                                         "tooltip": "Share of steps on the prior videos, which keep the model's "
                                                    "natural motion; 0.5 is a good start."})
@@ -176,7 +179,7 @@ class TrainSpatialAdapters(_Trainer):
                                           "instead (stills with the temporal layers off, alternating with videos), "
                                           "for comparisons."})
         return {"required": req, "optional": {
-            "resume_from": _resume_input("spatial"),
+            "resume_from": resume_input(SpatialAdapters.kind),
             "caption_dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
                                 "Share of steps trained with the empty prompt. Try 0.1-0.2 if the trained "
                                 "adapters lose the customization at your CFG but keep it at CFG 1: the "
@@ -193,5 +196,5 @@ class TrainSpatialAdapters(_Trainer):
                                    gradient_checkpointing, save_every, prior_ratio=prior_ratio,
                                    interleaved=interleaved, target_mode=target_layers,
                                    caption_dropout=caption_dropout)
-        return self._train(lowrank.SPATIAL, video_model, customized_stills, prior_videos, motion_adapter,
+        return self._train(SpatialAdapters, video_model, customized_stills, prior_videos, motion_adapter,
                            s, width, height, name, resume_from, unique_id)

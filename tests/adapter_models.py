@@ -10,12 +10,14 @@ from model_files import randomize_up
 
 def adapters_for(cf, tmp_path):
     from adapters import inject, loading, lowrank
+    from adapters.motion_adapter import MotionAdapter
+    from adapters.spatial_adapters import SpatialAdapters
     plain = loading.load_video_model(cf.base, cf.motion)
     custom = inject.inject_checkpoint(plain, cf.custom)
-    motion = randomize_up(lowrank.LowRankAdapter.for_model(lowrank.MOTION, plain, rank=4, seed=1), seed=2, std=0.2)
+    motion = randomize_up(MotionAdapter.for_model(plain, rank=4, seed=1), seed=2, std=0.2)
     motion.metadata.update(motion_module=cf.MOTION, motion_version=plain.info["motion_version"],
                            motion_fingerprint=lowrank.motion_fingerprint(plain), checkpoint=cf.BASE)
-    spatial = randomize_up(lowrank.LowRankAdapter.for_model(lowrank.SPATIAL, custom, rank=4, seed=3), seed=4, std=0.2)
+    spatial = randomize_up(SpatialAdapters.for_model(custom, rank=4, seed=3), seed=4, std=0.2)
     spatial.metadata.update(motion_module=cf.MOTION, motion_fingerprint=lowrank.motion_fingerprint(custom),
                             base_fingerprint=lowrank.t2i_fingerprint(custom), customized=cf.CUSTOM)
     files = {"motion": motion.save(tmp_path / "motion_adapter.safetensors"),

@@ -1,13 +1,16 @@
 """Motion Adapter and Spatial Adapters: identity at init, merged == unmerged, one file format
 whose loader refuses what does not fit."""
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
 from adapters import inject, loading, lowrank, sampling, training
 from adapters.errors import ModelFileError
-from adapters.lowrank import MOTION, SPATIAL, LowRankAdapter
+from adapters.lowrank import LowRankAdapter
+from adapters.motion_adapter import MotionAdapter
+from adapters.spatial_adapters import SpatialAdapters
 from adapters.video_model import AdapterPatch
 from model_files import randomize_up as _randomize
 
@@ -53,35 +56,35 @@ def test_spatial_targets_need_injection_and_follow_mode(models):
 def test_fresh_adapters_leave_output_bit_identical(models, merged):
     base, custom = models
     ref = _video(custom)
-    sp = LowRankAdapter.for_model(SPATIAL, custom, rank=4)
-    mo = LowRankAdapter.for_model(MOTION, base, rank=4)
+    sp = SpatialAdapters.for_model(custom, rank=4)
+    mo = MotionAdapter.for_model(base, rank=4)
     m = custom.with_patch(AdapterPatch(mo, 1.0, merged)).with_patch(AdapterPatch(sp, 1.0, merged))
     assert torch.equal(_video(m), ref)
 
 
 def test_spatial_merged_equals_unmerged(models):
     _, custom = models
-    sp = _randomize(LowRankAdapter.for_model(SPATIAL, custom, rank=4))
+    sp = _randomize(SpatialAdapters.for_model(custom, rank=4))
     merged = _video(custom.with_patch(AdapterPatch(sp, 0.7, True)))
     hooked = _video(custom.with_patch(AdapterPatch(sp, 0.7, False)))
     assert not torch.allclose(merged, _video(custom), atol=1e-3)
     torch.testing.assert_close(merged, hooked, rtol=1e-3, atol=1e-3)  # float32 order of operations, after CFG
 
 
-@pytest.mark.parametrize("kind", [SPATIAL, MOTION])
+@pytest.mark.parametrize("kind", [SpatialAdapters, MotionAdapter])
 def test_unmerged_folds_into_the_weight_only_for_large_outputs_without_autograd(kind, monkeypatch):
     torch.manual_seed(0)
     layers = torch.nn.ModuleDict({"lin": torch.nn.Linear(6, 5), "conv": torch.nn.Conv2d(3, 4, 3, padding=1)})
-    if kind == MOTION:  # a weight update: on linears only (the temporal Q/K/V)
+    if kind is MotionAdapter:  # a weight update: on linears only (the temporal Q/K/V)
         del layers["conv"]
-    shapes = {"lin": (6, 5) if kind == MOTION else (5, 5), "conv": (4, 4)}
-    adapter = _randomize(LowRankAdapter(kind, {n: shapes[n] for n in layers}, rank=2), std=0.5)
+    shapes = {"lin": (6, 5) if kind is MotionAdapter else (5, 5), "conv": (4, 4)}
+    adapter = _randomize(kind({n: shapes[n] for n in layers}, rank=2), std=0.5)
     before = {k: v.clone() for k, v in layers.state_dict().items()}
 
     def expected(name, x):
         d, u = (t.detach() for t in adapter.factors(name))
         layer = layers[name]
-        if kind == MOTION:
+        if kind is MotionAdapter:
             return torch.nn.functional.linear(x, layer.weight + 0.7 * (d @ u).T, layer.bias)
         y = layer._conv_forward(x, layer.weight, layer.bias) if name == "conv" else torch.nn.functional.linear(
             x, layer.weight, layer.bias)
@@ -116,7 +119,7 @@ def test_unmerged_folds_into_the_weight_only_for_large_outputs_without_autograd(
 
 def test_motion_merged_equals_unmerged_and_zero_scale_is_identity(models):
     base, _ = models
-    mo = _randomize(LowRankAdapter.for_model(MOTION, base, rank=4), std=0.2)
+    mo = _randomize(MotionAdapter.for_model(base, rank=4), std=0.2)
     for alpha in (1.0, -1.0):
         torch.testing.assert_close(_video(base.with_patch(AdapterPatch(mo, alpha, True))),
                                    _video(base.with_patch(AdapterPatch(mo, alpha, False))), rtol=1e-3, atol=1e-3)
@@ -126,7 +129,7 @@ def test_motion_merged_equals_unmerged_and_zero_scale_is_identity(models):
 def test_patches_are_undone(models):
     _, custom = models
     before = {k: v.clone() for k, v in custom.unet.state_dict().items()}
-    sp = _randomize(LowRankAdapter.for_model(SPATIAL, custom, rank=4))
+    sp = _randomize(SpatialAdapters.for_model(custom, rank=4))
     _video(custom.with_patch(AdapterPatch(sp, 1.0, True)))
     after = custom.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -138,18 +141,18 @@ def test_patches_are_undone(models):
 
 def test_file_round_trip_and_refusals(models, tiny_files, tmp_path):
     base, custom = models
-    sp = _randomize(LowRankAdapter.for_model(SPATIAL, custom, rank=4, metadata={
+    sp = _randomize(SpatialAdapters.for_model(custom, rank=4, metadata={
         "base_fingerprint": lowrank.t2i_fingerprint(custom), "motion_fingerprint": lowrank.motion_fingerprint(custom),
         "customized": "custom.safetensors"}))
     path = sp.save(tmp_path / "sp.safetensors")
-    back = LowRankAdapter.load(path, SPATIAL)
-    assert back.rank == 4 and back.targets == sp.targets
+    back = LowRankAdapter.load(path, "spatial")
+    assert type(back) is SpatialAdapters and back.rank == 4 and back.targets == sp.targets
     assert all(torch.equal(back.factors(n)[1], sp.factors(n)[1]) for n in sp.targets)
     back.check(custom, path)
     with pytest.raises(FileExistsError):
         sp.save(path)
     with pytest.raises(ModelFileError, match="spatial adapter, but this slot needs a motion"):
-        LowRankAdapter.load(path, MOTION)
+        MotionAdapter.load(path)
     # another customized model (interpolated instead of replaced) is refused
     other = inject.inject_checkpoint(base, tiny_files.custom_checkpoint, weight=0.5)
     with pytest.raises(ModelFileError, match="another customized T2I model"):
@@ -163,6 +166,45 @@ def test_file_round_trip_and_refusals(models, tiny_files, tmp_path):
         LowRankAdapter.load(tiny_files.checkpoint)
 
 
+def test_each_kind_is_its_own_class_and_files_load_as_it(models, tmp_path):
+    """Files as every earlier version wrote them (the header by hand, not through ``save``) load as
+    the class their 'kind' names; the shipped Motion Adapter is one of them."""
+    import json
+
+    from safetensors.torch import save_file
+    from adapters.customize import AppearanceAbsorber, SubjectModule, TemporalLoRA
+    assert lowrank.ADAPTER_KINDS == {"motion": MotionAdapter, "spatial": SpatialAdapters, "subject": SubjectModule,
+                                     "absorber": AppearanceAbsorber, "temporal": TemporalLoRA}
+    base, custom = models
+    for kind, cls in lowrank.ADAPTER_KINDS.items():
+        model = custom if cls is SpatialAdapters else base
+        fresh = cls.for_model(model, rank=2)
+        g = torch.Generator().manual_seed(1)
+        tensors = {}
+        for n in fresh.targets:
+            d, u = fresh.factors(n)
+            tensors[f"{n}.down"], tensors[f"{n}.up"] = torch.randn(d.shape, generator=g), torch.randn(u.shape, generator=g)
+        tensors["trainer.opt.0.step"] = torch.tensor(3.0)
+        path = tmp_path / f"old_{kind}.safetensors"
+        save_file(tensors, str(path), metadata={"format": "still-moving-adapter/1", "kind": kind, "rank": "2",
+                                                "targets": json.dumps(fresh.targets), "step": "3"})
+        back = LowRankAdapter.load(path)
+        assert type(back) is cls and back.kind == kind and back.metadata == {"step": 3}
+        assert all(torch.equal(back.factors(n)[0], tensors[f"{n}.down"]) for n in fresh.targets)
+        assert set(back.extra_tensors) == {"trainer.opt.0.step"}
+        back.check(model, path)
+        assert cls.recipe is not None and cls.default_targets(model) == fresh.targets
+    shipped = LowRankAdapter.load(Path(__file__).resolve().parent.parent / "embedded" / "toy_motion_adapter.safetensors")
+    assert type(shipped) is MotionAdapter and shipped.rank == 4
+    with pytest.raises(TypeError, match="shared base"):
+        LowRankAdapter({}, 2)
+    with pytest.raises(ValueError, match="unknown adapter kind 'nope'"):
+        training.train(base, "nope", training.TrainSettings(steps=1), tmp_path / "x.safetensors", custom_clips=_clips())
+    with pytest.raises(ValueError, match="prior_clips would be ignored"):
+        training.train(base, MotionAdapter, training.TrainSettings(steps=1), tmp_path / "x.safetensors",
+                       custom_clips=_clips(), prior_clips=_clips())
+
+
 def _clips(n=4, frames=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [types.SimpleNamespace(latents=torch.randn(4, frames, 4, 4, generator=g), caption=f"clip {i % 2}")
@@ -172,18 +214,18 @@ def _clips(n=4, frames=4, seed=0):
 def test_resume_after_cancel_matches_uninterrupted_run(models, tmp_path):
     base, _ = models
     s = training.TrainSettings(steps=6, learning_rate=1e-3, rank=4, frames=4, seed=3)
-    full = training.train(base, MOTION, s, tmp_path / "full.safetensors", custom_clips=_clips())
+    full = training.train(base, MotionAdapter, s, tmp_path / "full.safetensors", custom_clips=_clips())
     calls = {"n": 0}
 
     def stop_after_three():
         calls["n"] += 1
         return calls["n"] > 3
-    part = training.train(base, MOTION, s, tmp_path / "part.safetensors", custom_clips=_clips(),
+    part = training.train(base, MotionAdapter, s, tmp_path / "part.safetensors", custom_clips=_clips(),
                           should_stop=stop_after_three)
     assert part.cancelled and part.step == 3
-    saved = LowRankAdapter.load(part.path, MOTION)  # Cancel left a loadable adapter
+    saved = MotionAdapter.load(part.path)  # Cancel left a loadable adapter
     assert int(saved.metadata["step"]) == 3
-    resumed = training.train(base, MOTION, s, tmp_path / "unused.safetensors", custom_clips=_clips(), resume=part.path)
+    resumed = training.train(base, MotionAdapter, s, tmp_path / "unused.safetensors", custom_clips=_clips(), resume=part.path)
     assert resumed.step == 6 and not resumed.cancelled
     for n in full.adapter.targets:
         for a, b in zip(full.adapter.factors(n), resumed.adapter.factors(n)):
@@ -194,9 +236,9 @@ def test_resume_after_cancel_matches_uninterrupted_run(models, tmp_path):
 def test_resume_with_another_rank_is_refused(models, tmp_path):
     base, _ = models
     s = training.TrainSettings(steps=1, rank=4, frames=4)
-    res = training.train(base, MOTION, s, tmp_path / "r4.safetensors", custom_clips=_clips())
+    res = training.train(base, MotionAdapter, s, tmp_path / "r4.safetensors", custom_clips=_clips())
     with pytest.raises(ValueError, match="rank 4 but the settings ask for rank 8"):
-        training.train(base, MOTION, training.TrainSettings(steps=2, rank=8, frames=4), tmp_path / "x.safetensors",
+        training.train(base, MotionAdapter, training.TrainSettings(steps=2, rank=8, frames=4), tmp_path / "x.safetensors",
                        custom_clips=_clips(), resume=res.path)
 
 
@@ -207,7 +249,7 @@ def test_caption_dropout_trains_on_the_empty_prompt(models, tmp_path):
 
     def run(clips, dropout, name):
         s = training.TrainSettings(steps=3, learning_rate=1e-3, rank=4, frames=4, seed=5, caption_dropout=dropout)
-        res = training.train(base, MOTION, s, tmp_path / f"{name}.safetensors", custom_clips=clips)
+        res = training.train(base, MotionAdapter, s, tmp_path / f"{name}.safetensors", custom_clips=clips)
         return torch.cat([torch.cat([f.flatten() for f in res.adapter.factors(n)]) for n in res.adapter.targets])
     empty = [types.SimpleNamespace(latents=c.latents, caption="") for c in _clips()]
     dropped, plain_empty, kept = run(_clips(), 1.0, "dropped"), run(empty, 0.0, "empty"), run(_clips(), 0.0, "kept")
@@ -223,7 +265,7 @@ def test_nan_loss_stops_with_a_clear_error(models, tmp_path):
     bad[0].latents[:] = float("nan")
     bad = [bad[0]]
     with pytest.raises(training.NonFiniteLoss, match="lower the learning rate"):
-        training.train(base, MOTION, training.TrainSettings(steps=2, rank=4, frames=4), tmp_path / "n.safetensors",
+        training.train(base, MotionAdapter, training.TrainSettings(steps=2, rank=4, frames=4), tmp_path / "n.safetensors",
                        custom_clips=bad)
 
 
@@ -231,7 +273,7 @@ def test_spatial_training_fits_the_customized_stills_and_keeps_the_prior(models,
     """Training lowers the loss on the customized frozen stills (Motion Adapter at α = 1) while
     the loss on natural prior videos (α = 0) rises by at most 5 % (the bound we state)."""
     base, custom = models
-    motion = _randomize(LowRankAdapter.for_model(MOTION, base, rank=4), seed=5, std=0.02)
+    motion = _randomize(MotionAdapter.for_model(base, rank=4), seed=5, std=0.02)
     g = torch.Generator().manual_seed(11)
     stills = [types.SimpleNamespace(latents=torch.randn(4, 1, 4, 4, generator=g), caption="sks dog") for _ in range(2)]
     prior = _clips(n=4, frames=4, seed=12)
@@ -242,7 +284,7 @@ def test_spatial_training_fits_the_customized_stills_and_keeps_the_prior(models,
         nat = training.mean_loss(model_with_spatial.with_patch(AdapterPatch(motion, 0.0)), prior, 4, False, samples=12)
         return still, nat
     before = losses(custom)
-    res = training.train(custom, SPATIAL, s, tmp_path / "sp.safetensors", custom_clips=stills, prior_clips=prior,
+    res = training.train(custom, SpatialAdapters, s, tmp_path / "sp.safetensors", custom_clips=stills, prior_clips=prior,
                          motion_adapter=motion)
     after = losses(custom.with_patch(AdapterPatch(res.adapter, 1.0)))
     print(f"customized stills loss {before[0]:.4f} -> {after[0]:.4f}; prior videos {before[1]:.4f} -> {after[1]:.4f}")
@@ -270,7 +312,7 @@ def test_interleaved_baseline_turns_temporal_layers_off_for_stills(models, tmp_p
     g = torch.Generator().manual_seed(1)
     stills = [types.SimpleNamespace(latents=torch.randn(4, 1, 4, 4, generator=g), caption="sks dog")]
     s = training.TrainSettings(steps=4, learning_rate=1e-3, rank=4, frames=4, interleaved=True, prior_ratio=0.5)
-    res = training.train(custom, SPATIAL, s, tmp_path / "il.safetensors", custom_clips=stills, prior_clips=_clips())
+    res = training.train(custom, SpatialAdapters, s, tmp_path / "il.safetensors", custom_clips=stills, prior_clips=_clips())
     assert res.step == 4 and res.adapter.metadata["settings"]["interleaved"] is True
 
 
@@ -280,14 +322,14 @@ def test_gradient_checkpointing_trains_the_same_adapter(models, tmp_path, interl
     the Motion Adapter's per-step α included, and the interleaved baseline's temporal bypass: the
     trained adapter must match the run without it."""
     base, custom = models
-    motion = _randomize(LowRankAdapter.for_model(MOTION, base, rank=4), seed=5, std=0.05)
+    motion = _randomize(MotionAdapter.for_model(base, rank=4), seed=5, std=0.05)
     g = torch.Generator().manual_seed(2)
     stills = [types.SimpleNamespace(latents=torch.randn(4, 1, 4, 4, generator=g), caption="sks dog") for _ in range(2)]
     runs = []
     for ckpt in (False, True):
         s = training.TrainSettings(steps=5, learning_rate=1e-2, rank=4, frames=4, seed=4, prior_ratio=0.5,
                                    interleaved=interleaved, gradient_checkpointing=ckpt)
-        runs.append(training.train(custom, SPATIAL, s, tmp_path / f"gc{ckpt}.safetensors", custom_clips=stills,
+        runs.append(training.train(custom, SpatialAdapters, s, tmp_path / f"gc{ckpt}.safetensors", custom_clips=stills,
                                    prior_clips=_clips(), motion_adapter=None if interleaved else motion))
     plain, ckpt = runs
     assert {src for _, _, src in plain.losses} == {"custom", "prior"}

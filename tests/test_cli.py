@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from adapters import cli, loading, training
-from adapters.lowrank import MOTION, SPATIAL, LowRankAdapter
+from adapters.motion_adapter import MotionAdapter
+from adapters.spatial_adapters import SpatialAdapters
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = (sys.executable, "-m", "accelerate.commands.accelerate_cli")  # the `accelerate` command, any venv
@@ -81,7 +82,7 @@ def motion_file(tmp_path_factory, tiny_files, media):
 
 
 def test_train_motion(motion_file):
-    adapter = LowRankAdapter.load(motion_file, MOTION)
+    adapter = MotionAdapter.load(motion_file)
     assert int(adapter.metadata["step"]) == 3 and adapter.rank == 2
     assert any(p.abs().sum() > 0 for p in adapter.up.values())  # it trained
 
@@ -96,7 +97,7 @@ def test_train_spatial_with_motion_adapter_and_injection(tmp_path, tiny_files, m
                   settings={"steps": 2, "rank": 2, "frames": 4, "target_mode": "block_outputs"})
     run = _cli("train", cfg, "--device", "cpu")
     assert run.returncode == 0, run.stderr
-    adapter = LowRankAdapter.load(tmp_path / "sp.safetensors", SPATIAL)
+    adapter = SpatialAdapters.load(tmp_path / "sp.safetensors")
     assert int(adapter.metadata["step"]) == 2 and adapter.metadata["customized"] == "custom.safetensors"
     assert all(t.endswith(("proj_out", "conv2")) for t in adapter.targets)
 
@@ -144,7 +145,7 @@ def test_two_cpu_processes_under_accelerate_launch(tmp_path, tiny_files, media):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "2 processes" in run.stdout and run.stdout.count("saved ") == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["motion.safetensors"]
-    adapter = LowRankAdapter.load(tmp_path / "out" / "motion.safetensors", MOTION)
+    adapter = MotionAdapter.load(tmp_path / "out" / "motion.safetensors")
     assert int(adapter.metadata["step"]) == 2 and adapter.metadata["processes"] == 2
 
 
@@ -158,10 +159,10 @@ def test_one_process_accelerator_equals_plain_training(tmp_path, tiny_files):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: threads only fight over a busy machine's cores (10x slower)
     try:
-        plain = training.train(model, MOTION, s, tmp_path / "plain.safetensors", custom_clips=clips)
+        plain = training.train(model, MotionAdapter, s, tmp_path / "plain.safetensors", custom_clips=clips)
         acc = Accelerator(cpu=True)
         assert acc.num_processes == 1
-        with_acc = training.train(model, MOTION, s, tmp_path / "acc.safetensors", custom_clips=clips, accelerator=acc)
+        with_acc = training.train(model, MotionAdapter, s, tmp_path / "acc.safetensors", custom_clips=clips, accelerator=acc)
     finally:
         torch.set_num_threads(threads)
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -194,7 +195,7 @@ def test_ctrl_c_saves_and_resume_goes_on(tmp_path, tiny_files, media):
     message = re.search(r"interrupted at step (\d+): what was trained is saved in (\S+);", "".join(err))
     assert proc.returncode == 130 and message and message[2] == str(path), out + "".join(err)
     step = int(message[1])
-    assert step >= 1 and int(LowRankAdapter.load(path, MOTION).metadata["step"]) == step
+    assert step >= 1 and int(MotionAdapter.load(path).metadata["step"]) == step
     # resume in this process: one more step, into the same file
     raw = json.loads(cfg.read_text())
     raw["resume"], raw["settings"]["steps"] = "out/motion.safetensors", step + 1
@@ -207,5 +208,5 @@ def test_ctrl_c_saves_and_resume_goes_on(tmp_path, tiny_files, media):
     finally:
         torch.set_num_threads(threads)
         AcceleratorState._reset_state(reset_partial_state=True)
-    assert int(LowRankAdapter.load(path, MOTION).metadata["step"]) == step + 1
+    assert int(MotionAdapter.load(path).metadata["step"]) == step + 1
     assert sorted(p.name for p in path.parent.iterdir()) == ["motion.safetensors"]

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from adapters import customize, inject, loading, lowrank, sampling, schedule, training
-from adapters.lowrank import ABSORBER, MOTION, SPATIAL, SUBJECT, TEMPORAL, LowRankAdapter
+from adapters.customize import AppearanceAbsorber, SubjectModule, TemporalLoRA
+from adapters.lowrank import LowRankAdapter
+from adapters.motion_adapter import MotionAdapter
+from adapters.spatial_adapters import SpatialAdapters
 from adapters.schedule import WeightSchedule
 from adapters.video_model import T2I, AdapterPatch, VideoModel
 from model_files import randomize_up as _randomize
@@ -47,9 +50,9 @@ def _patched_params(model):
 
 def test_targets_of_the_new_kinds(models):
     base, _ = models
-    sub = LowRankAdapter.for_model(SUBJECT, base, 4).targets
-    absorber = LowRankAdapter.for_model(ABSORBER, base, 4).targets
-    tem = LowRankAdapter.for_model(TEMPORAL, base, 4).targets
+    sub = SubjectModule.for_model(base, 4).targets
+    absorber = AppearanceAbsorber.for_model(base, 4).targets
+    tem = TemporalLoRA.for_model(base, 4).targets
     assert sub and all(".attentions." in n and n.rsplit(".", 1)[1] in ("to_q", "to_k", "to_v") for n in sub)
     assert {n.split(".")[-2] for n in sub} == {"attn1", "attn2"}  # self- and cross-attention
     assert set(sub) < set(absorber) and all(".attentions." in n for n in absorber)
@@ -58,36 +61,36 @@ def test_targets_of_the_new_kinds(models):
     assert any(n.startswith("mid_block.motion_modules") for n in tem)
 
 
-@pytest.mark.parametrize("kind", [SUBJECT, ABSORBER, TEMPORAL])
+@pytest.mark.parametrize("kind", [SubjectModule, AppearanceAbsorber, TemporalLoRA])
 @pytest.mark.parametrize("merged", [True, False])
 def test_fresh_modules_are_identity(models, kind, merged):
     _, custom = models
     ref = _video(custom)
-    fresh = LowRankAdapter.for_model(kind, custom, rank=4, seed=3)
-    assert torch.equal(_video(customize.attach(custom, fresh, 1.0, merged)), ref)
+    fresh = kind.for_model(custom, rank=4, seed=3)
+    assert torch.equal(_video(fresh.add_to(custom, 1.0, merged)), ref)
 
 
-@pytest.mark.parametrize("kind", [SUBJECT, ABSORBER])
+@pytest.mark.parametrize("kind", [SubjectModule, AppearanceAbsorber])
 def test_merged_equals_unmerged_over_an_injected_checkpoint(models, kind):
     """Folded into the weights or run as hooks: the same video (and biases stay the injected ones)."""
     _, custom = models
-    a = _randomize(LowRankAdapter.for_model(kind, custom, rank=4), std=0.1)
-    merged, hooked = _video(customize.attach(custom, a, 0.8)), _video(customize.attach(custom, a, 0.8, merged=False))
+    a = _randomize(kind.for_model(custom, rank=4), std=0.1)
+    merged, hooked = _video(a.add_to(custom, 0.8)), _video(a.add_to(custom, 0.8, merged=False))
     assert not torch.allclose(merged, _video(custom), atol=1e-3)
     torch.testing.assert_close(merged, hooked, rtol=1e-3, atol=1e-3)
 
 
 def test_new_kinds_round_trip_the_one_file_format(models, tmp_path):
     base, _ = models
-    for kind in (SUBJECT, ABSORBER, TEMPORAL):
-        a = _randomize(LowRankAdapter.for_model(kind, base, rank=2))
-        path = a.save(tmp_path / f"{kind}.safetensors")
-        back = LowRankAdapter.load(path, kind)
-        assert back.kind == kind and back.targets == a.targets
+    for cls in (SubjectModule, AppearanceAbsorber, TemporalLoRA):
+        a = _randomize(cls.for_model(base, rank=2))
+        path = a.save(tmp_path / f"{cls.kind}.safetensors")
+        back = LowRankAdapter.load(path)  # the class named by the file's kind
+        assert type(back) is cls and back.kind == cls.kind and back.targets == a.targets
         assert all(torch.equal(back.factors(n)[1], a.factors(n)[1]) for n in a.targets)
-        other = SUBJECT if kind != SUBJECT else TEMPORAL
-        with pytest.raises(Exception, match=f"this is a {kind} adapter, but this slot needs a {other}"):
-            LowRankAdapter.load(path, other)
+        other = SubjectModule if cls is not SubjectModule else TemporalLoRA
+        with pytest.raises(Exception, match=f"this is a {cls.kind} adapter, but this slot needs a {other.kind}"):
+            other.load(path)
 
 
 # --- CustomCrafter: subject module ----------------------------------------------------------
@@ -95,8 +98,8 @@ def test_new_kinds_round_trip_the_one_file_format(models, tmp_path):
 def test_subject_module_changes_spatial_qkv_only_and_trains(models, tmp_path):
     base, _ = models
     before = _patched_params(base)
-    sub = _randomize(LowRankAdapter.for_model(SUBJECT, base, rank=4), std=0.1)
-    after = _patched_params(customize.attach(base, sub, 1.0))
+    sub = _randomize(SubjectModule.for_model(base, rank=4), std=0.1)
+    after = _patched_params(sub.add_to(base, 1.0))
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == {f"{t}.weight" for t in sub.targets}
     assert not any(".motion_modules." in n for n in changed)  # temporal layers untouched
@@ -105,10 +108,10 @@ def test_subject_module_changes_spatial_qkv_only_and_trains(models, tmp_path):
     prior = _stills(4, seed=12, caption="a photo of a dog")
     res = customize.train_subject_module(base, _stills(), s, tmp_path / "subject.safetensors", prior_clips=prior)
     assert {src for _, _, src in res.losses} == {"custom", "prior"}
-    saved = LowRankAdapter.load(res.path, SUBJECT)
+    saved = SubjectModule.load(res.path)
     assert saved.targets == sub.targets
     assert any(saved.factors(n)[1].abs().sum() > 0 for n in saved.targets)  # it learned something
-    trained = _patched_params(customize.attach(base, saved, 1.0))
+    trained = _patched_params(saved.add_to(base, 1.0))
     assert all(torch.equal(before[n], trained[n]) for n in before if ".motion_modules." in n)
 
 
@@ -117,11 +120,11 @@ def test_subject_module_changes_spatial_qkv_only_and_trains(models, tmp_path):
 def _spatial_and_temporal(models):
     """The customized model with a subject module, a LoRA-like Spatial Adapter and a temporal LoRA."""
     base, custom = models
-    sub = _randomize(LowRankAdapter.for_model(SUBJECT, custom, rank=4), seed=1, std=0.1)
-    tem = _randomize(LowRankAdapter.for_model(TEMPORAL, custom, rank=4), seed=2, std=0.1)
-    sp = _randomize(LowRankAdapter.for_model(SPATIAL, custom, rank=4, targets=lowrank.spatial_targets(
+    sub = _randomize(SubjectModule.for_model(custom, rank=4), seed=1, std=0.1)
+    tem = _randomize(TemporalLoRA.for_model(custom, rank=4), seed=2, std=0.1)
+    sp = _randomize(SpatialAdapters.for_model(custom, rank=4, targets=lowrank.spatial_targets(
         custom, "block_outputs")), seed=3, std=0.1)  # proj_out / conv2: apart from the layers read below
-    m = customize.attach(customize.attach(custom, sub, 0.9), tem, 1.0)
+    m = tem.add_to(sub.add_to(custom, 0.9), 1.0)
     return m.with_patch(AdapterPatch(sp, 0.5, True)), sub, tem, sp
 
 
@@ -186,7 +189,7 @@ def test_schedule_of_ones_equals_no_schedule_and_constant_equals_scaled_patches(
     # a constant λ is the same as building the model with every spatial strength times λ
     by_hand = inject.inject_checkpoint(models[0], custom.patches[0].source, weight=0.5, text_encoder=False)
     by_hand = by_hand.with_patch(custom.patches[1])  # the prompt is encoded once: text weights stay
-    by_hand = customize.attach(customize.attach(by_hand, sub, 0.45), tem, 1.0).with_patch(AdapterPatch(sp, 0.25, True))
+    by_hand = tem.add_to(sub.add_to(by_hand, 0.45), 1.0).with_patch(AdapterPatch(sp, 0.25, True))
     const = _video(model, steps=3, schedule=WeightSchedule(0.5, 0.5, 1))
     torch.testing.assert_close(const, _video(by_hand, steps=3), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(const, plain, atol=1e-3)
@@ -198,8 +201,8 @@ def test_scaled_touches_only_spatial_customizations(models):
     assert model.patches[0].weight == 1.0  # the original is unchanged
     kinds = [(type(p).__name__, getattr(getattr(p, "adapter", None), "kind", p.target)) for p in half.patches]
     values = [getattr(p, "weight", getattr(p, "scale", None)) for p in half.patches]
-    assert kinds == [("ReplaceWeights", T2I), ("ReplaceWeights", "text_encoder"), ("AdapterPatch", SUBJECT),
-                     ("AdapterPatch", TEMPORAL), ("AdapterPatch", SPATIAL)]
+    assert kinds == [("ReplaceWeights", T2I), ("ReplaceWeights", "text_encoder"), ("AdapterPatch", "subject"),
+                     ("AdapterPatch", "temporal"), ("AdapterPatch", "spatial")]
     assert values == [0.5, 1.0, 0.45, 1.0, 0.25]
     with pytest.raises(ValueError, match="last_steps"):
         _video(model, schedule=WeightSchedule(0.4, 0.8, -1))
@@ -211,7 +214,7 @@ def test_absorber_training_bypasses_the_temporal_layers(models, tmp_path):
     """With the temporal layers bypassed, changing them changes nothing in the absorber's run;
     the temporal LoRA's run (layers on) does change."""
     base, _ = models
-    shaken = base.with_patch(AdapterPatch(_randomize(LowRankAdapter.for_model(MOTION, base, 4), std=0.5), 1.0))
+    shaken = base.with_patch(AdapterPatch(_randomize(MotionAdapter.for_model(base, 4), std=0.5), 1.0))
     s = training.TrainSettings(steps=2, learning_rate=1e-3, rank=2, frames=4, seed=4)
     runs = [customize.train_absorber(m, _video_clip(), s, tmp_path / f"a{i}.safetensors") for i, m in
             enumerate((base, shaken))]
@@ -224,7 +227,7 @@ def test_absorber_training_bypasses_the_temporal_layers(models, tmp_path):
 
 def test_absorber_is_frozen_while_the_temporal_lora_trains_and_absent_after(models, tmp_path):
     base, _ = models
-    absorber = _randomize(LowRankAdapter.for_model(ABSORBER, base, rank=4), seed=7, std=0.2)
+    absorber = _randomize(AppearanceAbsorber.for_model(base, rank=4), seed=7, std=0.2)
     snapshot = {k: v.detach().clone() for k, v in absorber.state_dict().items()}
     s = training.TrainSettings(steps=3, learning_rate=1e-3, rank=4, frames=4, seed=5)
     with_abs = customize.train_temporal_lora(base, _video_clip(), s, tmp_path / "t.safetensors", absorber=absorber,
@@ -236,34 +239,34 @@ def test_absorber_is_frozen_while_the_temporal_lora_trains_and_absent_after(mode
     # it took part in the training forward: same seed, same batch, different loss
     assert with_abs.losses[0][1] != without.losses[0][1]
     # the file holds the temporal LoRA alone; attaching it brings no spatial change
-    saved = LowRankAdapter.load(with_abs.path, TEMPORAL)
+    saved = TemporalLoRA.load(with_abs.path)
     assert saved.metadata["absorber"] == "absorber_x.safetensors"
     assert all(".motion_modules." in n for n in saved.targets)
     assert all(k.startswith("trainer.") for k in saved.extra_tensors)
     before = _patched_params(base)
-    attached = customize.attach(base, saved, 1.0)
-    assert [p.adapter.kind for p in attached.patches] == [TEMPORAL]
+    attached = saved.add_to(base, 1.0)
+    assert [type(p.adapter) for p in attached.patches] == [TemporalLoRA]
     after = _patched_params(attached)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed and all(".motion_modules." in n for n in changed)
-    assert torch.equal(_video(customize.attach(base, saved, 0.0)), _video(base))
+    assert torch.equal(_video(saved.add_to(base, 0.0)), _video(base))
 
 
 def test_two_temporal_loras_add_up(models):
     base, custom = models
-    a = _randomize(LowRankAdapter.for_model(TEMPORAL, base, rank=4), seed=1, std=0.1)
-    b = _randomize(LowRankAdapter.for_model(TEMPORAL, base, rank=2), seed=2, std=0.1)
+    a = _randomize(TemporalLoRA.for_model(base, rank=4), seed=1, std=0.1)
+    b = _randomize(TemporalLoRA.for_model(base, rank=2), seed=2, std=0.1)
     w0 = _patched_params(base)
-    wa = _patched_params(customize.attach(base, a, 0.7))
-    wb = _patched_params(customize.attach(base, b, -1.3))
-    both = customize.attach(customize.attach(base, a, 0.7), b, -1.3)
+    wa = _patched_params(a.add_to(base, 0.7))
+    wb = _patched_params(b.add_to(base, -1.3))
+    both = b.add_to(a.add_to(base, 0.7), -1.3)
     wab = _patched_params(both)
     for n in w0:
         torch.testing.assert_close(wab[n] - w0[n], (wa[n] - w0[n]) + (wb[n] - w0[n]), rtol=0, atol=1e-6)
     assert any(not torch.equal(wab[n], w0[n]) for n in w0)
     # unmerged (hooks) computes the same sum on the fly; with a customized checkpoint too
-    on_custom = customize.attach(customize.attach(custom, a, 0.7, merged=False), b, -1.3, merged=False)
-    merged = customize.attach(customize.attach(custom, a, 0.7), b, -1.3)
+    on_custom = b.add_to(a.add_to(custom, 0.7, merged=False), -1.3, merged=False)
+    merged = b.add_to(a.add_to(custom, 0.7), -1.3)
     torch.testing.assert_close(_video(on_custom), _video(merged), rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="needs a temporal adapter"):
-        customize.attach(base, LowRankAdapter.for_model(SUBJECT, base, 2), kind=TEMPORAL)
+        TemporalLoRA.expect(SubjectModule.for_model(base, 2))

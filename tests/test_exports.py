@@ -129,7 +129,8 @@ def test_spatial_lora_export_refuses_what_it_cannot_carry(host, comfy_files, tra
 
 def test_motion_lora_export_loads_as_a_motion_lora_with_alpha_baked_in(host, comfy_files, trained, tmp_path):
     import re
-    from adapters import export, inject, lowrank
+    from adapters import export, inject
+    from adapters.customize import TemporalLoRA
     from adapters.files import read_metadata, read_state_dict
     cf = comfy_files
     graph = {"exp": {"class_type": "SM_ExportMotionLoRA", "inputs": {
@@ -159,7 +160,7 @@ def test_motion_lora_export_loads_as_a_motion_lora_with_alpha_baked_in(host, com
         assert not torch.equal(got[k], plain[k])
 
     # a Customize-A-Video temporal LoRA (Q/K/V/out) goes the same way, to_out included
-    temporal = lowrank.LowRankAdapter.for_model(lowrank.TEMPORAL, trained.plain, rank=4, seed=5)
+    temporal = TemporalLoRA.for_model(trained.plain, rank=4, seed=5)
     with torch.no_grad():
         for p in temporal.up.values():
             p.normal_(0, 0.1)

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from adapters import inject, loading, memory
-from adapters.lowrank import MOTION, SPATIAL, LowRankAdapter
+from adapters.motion_adapter import MotionAdapter
+from adapters.spatial_adapters import SpatialAdapters
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def _loss_and_grads(model, adapters, ctx):
         handles = []
         for a in adapters:
             a.zero_grad(set_to_none=True)
-            handles += a.attach(unet, (lambda: alpha["value"]) if a.kind == MOTION else 1.0)
+            handles += a.attach(unet, (lambda: alpha["value"]) if isinstance(a, MotionAdapter) else 1.0)
         unet.train()
         try:
             with ctx(unet):
@@ -59,8 +60,8 @@ def _loss_and_grads(model, adapters, ctx):
 
 @pytest.mark.parametrize("granularity", memory.GRANULARITIES)
 def test_gradients_equal_uncheckpointed_with_adapter_hooks(custom, granularity):
-    spatial = _randomized(LowRankAdapter.for_model(SPATIAL, custom, rank=4, seed=1), 1, 0.05)
-    motion = _randomized(LowRankAdapter.for_model(MOTION, custom, rank=4, seed=2), 2, 0.1).requires_grad_(True)
+    spatial = _randomized(SpatialAdapters.for_model(custom, rank=4, seed=1), 1, 0.05)
+    motion = _randomized(MotionAdapter.for_model(custom, rank=4, seed=2), 2, 0.1).requires_grad_(True)
     ref_loss, ref = _loss_and_grads(custom, [spatial, motion], lambda unet: contextlib.nullcontext())
     loss, got = _loss_and_grads(custom, [spatial, motion], lambda unet: memory.checkpointed(unet, granularity))
     assert torch.equal(loss, ref_loss)
@@ -77,7 +78,7 @@ def test_checkpointing_saves_less_and_restores_the_model(custom):
     unet = custom.unet
     units = [unet.get_submodule(n) for n in memory.checkpoint_units(unet, "block")]
     assert len(units) == len(unet.down_blocks) + len(unet.up_blocks) + 1
-    spatial = _randomized(LowRankAdapter.for_model(SPATIAL, custom, rank=4), 1, 0.05)
+    spatial = _randomized(SpatialAdapters.for_model(custom, rank=4), 1, 0.05)
     x, emb, _ = _inputs(custom)
 
     def saved(ctx):

@@ -95,7 +95,7 @@ def test_pack_names_match_comfyuis_mapping(host, comfy_files, trained):
 
 
 def test_wrong_adapter_and_wrong_model_are_refused(host, comfy_files, trained, tmp_path):
-    from adapters import lowrank
+    from adapters.spatial_adapters import SpatialAdapters
     cf = comfy_files
     result = host.run(_graph(cf, "motion/model_patch_motion_adapter.safetensors"), raise_on_error=False,
                       outputs=["sa"])
@@ -105,7 +105,7 @@ def test_wrong_adapter_and_wrong_model_are_refused(host, comfy_files, trained, t
     # an adapter with a layer the MODEL does not have: refused, naming it, never dropped
     shapes = {n: (trained.spatial.down[n.replace(".", "__")].shape[0],) * 2 for n in trained.spatial.targets}
     shapes["down_blocks.3.attentions.0.proj_in"] = (1280, 1280)
-    odd = lowrank.LowRankAdapter(lowrank.SPATIAL, shapes, 4)
+    odd = SpatialAdapters(shapes, 4)
     path = odd.save(tmp_path / "other_architecture.safetensors")
     host.add_model("still_moving", "spatial/model_patch_other_architecture.safetensors", path)
     result = host.run(_graph(cf, "spatial/model_patch_other_architecture.safetensors"), raise_on_error=False,

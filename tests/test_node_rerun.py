@@ -11,7 +11,7 @@ import uuid
 import pytest
 import torch
 
-from adapters.lowrank import LowRankAdapter
+from adapters.motion_adapter import MotionAdapter
 from model_files import randomize_up
 
 
@@ -90,7 +90,7 @@ def test_rewritten_adapter_and_motion_module_rerun_their_nodes_only(comfy, comfy
         "ckpt_name": comfy_files.BASE, "motion_module": "rerun_mm.ckpt", "dtype": "fp32"}}}
     executed, out = host.run(graph, ["load"])
     assert executed == {"load"}
-    adapter = randomize_up(LowRankAdapter.for_model("motion", out["load"][0][0], rank=2), seed=1)
+    adapter = randomize_up(MotionAdapter.for_model(out["load"][0][0], rank=2), seed=1)
     adapter.save(adapter_path, overwrite=True)
     graph["attach"] = {"class_type": "SM_AttachMotionAdapter", "inputs": {
         "video_model": ["load", 0], "adapter_name": "motion/rerun_probe.safetensors", "motion_scale": 0.5}}

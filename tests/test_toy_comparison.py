@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from adapters import export, inject, loading, random_models, sampling, toyworld as tw, training
-from adapters.fullweights import FULL, FullDelta
-from adapters.lowrank import MOTION, LowRankAdapter, motion_fingerprint
+from adapters.fullweights import FullDelta
+from adapters.lowrank import LowRankAdapter, motion_fingerprint
+from adapters.motion_adapter import MotionAdapter
 
 from model_files import load_script
 
@@ -64,12 +65,12 @@ def test_full_delta_hooks_equal_the_fine_tuned_weights(models):
 
 def test_full_weights_kind_trains_with_the_one_loop_and_resumes_exactly(models, tmp_path):
     base, custom = models
-    motion = LowRankAdapter.for_model(MOTION, base, rank=4)
+    motion = MotionAdapter.for_model(base, rank=4)
     stills = _clips(2, 1, 3, "a sks star")
     prior = _clips(3, 4, 4, "a red circle moving left")
     s = training.TrainSettings(steps=4, learning_rate=1e-3, frames=4, seed=2, prior_ratio=0.5)
     kw = dict(custom_clips=stills, prior_clips=prior, motion_adapter=motion)
-    whole = training.train(custom, FULL, s, tmp_path / "whole.safetensors", **kw)
+    whole = training.train(custom, FullDelta, s, tmp_path / "whole.safetensors", **kw)
     assert isinstance(whole.adapter, FullDelta) and whole.step == 4
     assert {src for _, _, src in whole.losses} == {"custom", "prior"}
     assert all(math.isfinite(l) for _, l, _ in whole.losses)
@@ -79,9 +80,9 @@ def test_full_weights_kind_trains_with_the_one_loop_and_resumes_exactly(models, 
     def stop_after_two():
         calls["n"] += 1
         return calls["n"] > 2
-    part = training.train(custom, FULL, s, tmp_path / "part.safetensors", should_stop=stop_after_two, **kw)
+    part = training.train(custom, FullDelta, s, tmp_path / "part.safetensors", should_stop=stop_after_two, **kw)
     assert part.cancelled and FullDelta.load(part.path).metadata["step"] == 2
-    resumed = training.train(custom, FULL, s, tmp_path / "unused.safetensors", resume=part.path, **kw)
+    resumed = training.train(custom, FullDelta, s, tmp_path / "unused.safetensors", resume=part.path, **kw)
     assert resumed.step == 4
     for a, b in zip(whole.adapter.parameters(), resumed.adapter.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
@@ -90,7 +91,7 @@ def test_full_weights_kind_trains_with_the_one_loop_and_resumes_exactly(models, 
     for a, b in zip(whole.adapter.parameters(), loaded.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="Motion Adapter"):
-        training.train(custom, FULL, s, tmp_path / "x.safetensors", custom_clips=stills)
+        training.train(custom, FullDelta, s, tmp_path / "x.safetensors", custom_clips=stills)
 
 
 # --- the benchmark command --------------------------------------------------------------------
@@ -113,7 +114,7 @@ def write_toy_models(folder, bench):
     export.write_checkpoint(folder / tw.MODEL_FILES["motion"],
                             export.motion_module_tensors(random_models.motion_module_parts("v2", "tiny", seed=22)))
     vm = loading.load_video_model(folder / tw.MODEL_FILES["base"], folder / tw.MODEL_FILES["motion"])
-    ma = LowRankAdapter.for_model(MOTION, vm, rank=4, metadata={"motion_fingerprint": motion_fingerprint(vm)})
+    ma = MotionAdapter.for_model(vm, rank=4, metadata={"motion_fingerprint": motion_fingerprint(vm)})
     with torch.no_grad():
         for p in ma.up.values():
             p.copy_(torch.randn(p.shape, generator=g) * 0.02)
