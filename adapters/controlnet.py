@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import keys
-from .detect import NORM_GROUPS, SD15_HEADS, _indices, encoder_layout
+from .detect import NORM_GROUPS, SD15_HEADS, key_indices, encoder_layout
 from .errors import ModelFileError
 from .files import read_state_dict
 
@@ -70,7 +70,7 @@ def _ldm_layout(sd, path):
             raise ModelFileError(path, f"the ControlNet weights are incomplete (no {need}).",
                                  "The file may be truncated: copy it again.")
     levels, layers, attention = encoder_layout(sd)
-    hint = _indices(sd, r"input_hint_block\.(\d+)\.")
+    hint = key_indices(sd, r"input_hint_block\.(\d+)\.")
     if len(hint) < 2 or hint != list(range(0, 2 * len(hint), 2)):
         raise ModelFileError(path, f"unexpected ControlNet hint encoder (convs at {hint}).",
                              "This does not look like an SD1.5 ControlNet. " + FIX)
@@ -82,7 +82,7 @@ def controlnet_config(sd, path=None):
     if "conv_in.weight" not in sd or "controlnet_cond_embedding.conv_in.weight" not in sd:
         raise ModelFileError(path, "the ControlNet weights are incomplete (no conv_in).",
                              "The file may be truncated: copy it again.")
-    levels = _indices(sd, r"down_blocks\.(\d+)\.resnets\.")
+    levels = key_indices(sd, r"down_blocks\.(\d+)\.resnets\.")
     channels, attention = [], []
     for i in levels:
         w = sd.get(f"down_blocks.{i}.resnets.0.conv2.weight")
@@ -91,18 +91,18 @@ def controlnet_config(sd, path=None):
                                  "The file may be truncated: copy it again.")
         channels.append(w.shape[0])
         attention.append(f"down_blocks.{i}.attentions.0.proj_in.weight" in sd)
-    blocks = len(_indices(sd, r"controlnet_cond_embedding\.blocks\.(\d+)\."))
+    blocks = len(key_indices(sd, r"controlnet_cond_embedding\.blocks\.(\d+)\."))
     hint = [sd["controlnet_cond_embedding.conv_in.weight"].shape[0]]
     hint += [sd[f"controlnet_cond_embedding.blocks.{j}.weight"].shape[0] for j in range(1, blocks, 2)]
     ctx = next((v.shape[1] for k, v in sd.items() if k.endswith("attn2.to_k.weight")), 768)
     proj = next((v for k, v in sd.items() if k.endswith("proj_in.weight")), None)
     first = next((i for i, a in enumerate(attention) if a), 0)
-    depth = len(_indices(sd, rf"down_blocks\.{first}\.attentions\.0\.transformer_blocks\.(\d+)\.")) or 1
+    depth = len(key_indices(sd, rf"down_blocks\.{first}\.attentions\.0\.transformer_blocks\.(\d+)\.")) or 1
     return {
         "in_channels": sd["conv_in.weight"].shape[1],
         "conditioning_channels": sd["controlnet_cond_embedding.conv_in.weight"].shape[1],
         "block_out_channels": tuple(channels),
-        "layers_per_block": len(_indices(sd, r"down_blocks\.0\.resnets\.(\d+)\.")),
+        "layers_per_block": len(key_indices(sd, r"down_blocks\.0\.resnets\.(\d+)\.")),
         "down_block_types": tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
         "cross_attention_dim": ctx,
         "attention_head_dim": SD15_HEADS,

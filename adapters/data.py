@@ -116,7 +116,9 @@ def _rgb(img):
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
 
 
-def _read_image(path, max_side=None):
+def read_image(path, max_side=None):
+    """One image file as (H, W, 3) float32 in [0, 1], upright (EXIF), its longest side at most
+    ``max_side`` if given."""
     from PIL import Image, ImageOps
     try:
         with Image.open(path) as img:
@@ -134,11 +136,12 @@ def load_image_folder(folder, default_caption="", max_side=None):
     if not files:
         raise ModelFileError(folder, "the folder has no images.",
                              f"Put {', '.join(IMAGE_EXTS)} files in it (captions in same-name .txt files).")
-    return [Clip(_read_image(p, max_side)[None], _caption([p.with_suffix(".txt")], default_caption), str(p))
+    return [Clip(read_image(p, max_side)[None], _caption([p.with_suffix(".txt")], default_caption), str(p))
             for p in files]
 
 
-def _decode_video(path, frames, stride, max_side):
+def decode_video(path, frames, stride, max_side):
+    """Up to ``frames`` frames (every ``stride``-th) of a video file, each as ``read_image`` gives one."""
     import av
     kept = []
     try:
@@ -188,10 +191,12 @@ def _decode_animated_webp(path, frames, stride, max_side):
     return kept
 
 
-def _read_frame_folder(folder, frames, stride, max_side):
+def read_frame_folder(folder, frames, stride, max_side):
+    """A folder of one video's frames: up to ``frames`` images (every ``stride``-th, in natural
+    name order)."""
     files = [p for p in sorted(folder.iterdir(), key=_natural_key)
              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS]
-    kept = [_read_image(p, max_side) for p in files[::stride][:frames]]
+    kept = [read_image(p, max_side) for p in files[::stride][:frames]]
     for p, f in zip(files[::stride], kept):
         if f.shape != kept[0].shape:
             raise ModelFileError(p, f"frame is {f.shape[1]}x{f.shape[0]} but the first frame of {folder.name} "
@@ -217,11 +222,11 @@ def load_video_folder(folder, frames=16, stride=1, default_caption="", max_side=
     clips, skipped = [], []
     for p in _listing(folder):
         if p.is_file() and (p.suffix.lower() in VIDEO_EXTS or (p.suffix.lower() == ".webp" and _animated_webp(p))):
-            read = _decode_animated_webp if p.suffix.lower() == ".webp" else _decode_video
+            read = _decode_animated_webp if p.suffix.lower() == ".webp" else decode_video
             kept = read(p, frames, stride, max_side)
             caption = _caption([p.with_suffix(".txt")], default_caption)
         elif p.is_dir():
-            kept = _read_frame_folder(p, frames, stride, max_side)
+            kept = read_frame_folder(p, frames, stride, max_side)
             if not kept:
                 continue  # not a frame folder
             caption = _caption([p / "caption.txt", p.with_name(p.name + ".txt")], default_caption)

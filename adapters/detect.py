@@ -14,7 +14,8 @@ SD15_HEADS = 8
 NORM_GROUPS = 32
 
 
-def _indices(keys, pattern):
+def key_indices(keys, pattern):
+    """The sorted integers that ``pattern``'s first group matches in ``keys`` (e.g. block numbers)."""
     rx = re.compile(pattern)
     return sorted({int(m.group(1)) for k in keys if (m := rx.match(k))})
 
@@ -46,7 +47,7 @@ def classify_checkpoint(sd, path=None):
 def encoder_layout(sd):
     """(levels, resnets per level, attention per level) from LDM ``input_blocks`` tensors:
     the encoder a UNet and a ControlNet share."""
-    inputs = _indices(list(sd), r"input_blocks\.(\d+)\.")
+    inputs = key_indices(list(sd), r"input_blocks\.(\d+)\.")
     down_at = [k for k in inputs if f"input_blocks.{k}.0.op.weight" in sd]
     levels = len(down_at) + 1
     layers = down_at[0] - 1 if down_at else len(inputs) - 1
@@ -79,7 +80,7 @@ def unet_layout(unet_sd, path=None):
                                  "The file may be truncated: copy it again.")
         channels.append(conv.shape[0])
     proj = next((v for k, v in unet_sd.items() if k.endswith("proj_in.weight")), None)
-    depth = len(_indices(keys, r"input_blocks\.1\.1\.transformer_blocks\.(\d+)\.")) or 1
+    depth = len(key_indices(keys, r"input_blocks\.1\.1\.transformer_blocks\.(\d+)\.")) or 1
     layout = UNetLayout(levels, layers, tuple(attention))
     config = {
         "sample_size": 64,
@@ -106,8 +107,8 @@ def unet_layout(unet_sd, path=None):
 
 def vae_config(vae_sd, path=None):
     """Diffusers AutoencoderKL config and (levels, layers) from LDM VAE tensors."""
-    levels = len(_indices(vae_sd, r"encoder\.down\.(\d+)\."))
-    layers = len(_indices(vae_sd, r"encoder\.down\.0\.block\.(\d+)\."))
+    levels = len(key_indices(vae_sd, r"encoder\.down\.(\d+)\."))
+    layers = len(key_indices(vae_sd, r"encoder\.down\.0\.block\.(\d+)\."))
     if levels == 0:
         raise ModelFileError(path, "the checkpoint holds no VAE weights (first_stage_model.*).",
                              "Use a checkpoint with a baked-in VAE.")
@@ -131,7 +132,7 @@ def clip_config(clip_sd, path=None):
     emb = clip_sd.get("embeddings.token_embedding.weight")
     if emb is None:
         raise ModelFileError(path, "the text encoder weights are incomplete.", "The file may be truncated.")
-    layers = len(_indices(clip_sd, r"encoder\.layers\.(\d+)\."))
+    layers = len(key_indices(clip_sd, r"encoder\.layers\.(\d+)\."))
     width = emb.shape[1]
     return {
         "vocab_size": emb.shape[0],
@@ -185,7 +186,7 @@ def motion_module_config(mm_sd, path=None):
     if any(".processor." in k and "_lora." in k for k in keys):
         raise ModelFileError(path, "this is a MotionLoRA, not a motion module.",
                              "Put it in models/animatediff_motion_lora and use the MotionLoRA node.")
-    down = _indices(keys, r"down_blocks\.(\d+)\.motion_modules\.")
+    down = key_indices(keys, r"down_blocks\.(\d+)\.motion_modules\.")
     chans = []
     for i in down:
         w = mm_sd.get(f"down_blocks.{i}.motion_modules.0.temporal_transformer.proj_in.weight")
@@ -205,8 +206,8 @@ def motion_module_config(mm_sd, path=None):
     else:
         max_len = pe.shape[1] if pe is not None else 32
         version = "v2" if mid else ("v1" if max_len == 24 else "v3")
-    up_layers = len(_indices(keys, r"up_blocks\.0\.motion_modules\.(\d+)\."))
-    depth = len(_indices(keys, r"down_blocks\.0\.motion_modules\.0\.(?:temporal_transformer\.)?transformer_blocks\.(\d+)\.")) or 1
+    up_layers = len(key_indices(keys, r"up_blocks\.0\.motion_modules\.(\d+)\."))
+    depth = len(key_indices(keys, r"down_blocks\.0\.motion_modules\.0\.(?:temporal_transformer\.)?transformer_blocks\.(\d+)\.")) or 1
     return version, {
         "block_out_channels": chans,
         "layers_per_block": up_layers - 1,

@@ -63,7 +63,8 @@ def random_state(module, seed, std=0.05):
     return out
 
 
-def _build(cls, *args, **kwargs):
+def build_on_meta(cls, *args, **kwargs):
+    """``cls(*args, **kwargs)`` built on the meta device: its layout without memory for weights."""
     with torch.device("meta"):
         return cls(*args, **kwargs)
 
@@ -78,9 +79,9 @@ def sd15_parts(size="tiny", seed=0):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     ucfg, vcfg, ccfg = SIZES[size]
-    unet = random_state(_build(UNet2DConditionModel, **ucfg), seed)
-    vae = random_state(_build(AutoencoderKL, **vcfg), seed + 1, 0.02)
-    clip = random_state(_build(CLIPTextModel, CLIPTextConfig(**ccfg)), seed + 2, 0.02)
+    unet = random_state(build_on_meta(UNet2DConditionModel, **ucfg), seed)
+    vae = random_state(build_on_meta(AutoencoderKL, **vcfg), seed + 1, 0.02)
+    clip = random_state(build_on_meta(CLIPTextModel, CLIPTextConfig(**ccfg)), seed + 2, 0.02)
     clip = {(k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in clip.items()}
     return {"unet": unet, "vae": vae, "clip": clip, "unet_config": dict(ucfg),
             "layout": layout_of(ucfg), "vae_levels_layers": (len(vcfg["block_out_channels"]), vcfg["layers_per_block"])}
@@ -94,7 +95,7 @@ def motion_module_parts(version="v2", size="tiny", seed=0):
     mcfg = dict(MOTION[version], block_out_channels=list(ucfg["block_out_channels"]),
                 temporal_transformer_layers_per_block=1, motion_num_attention_heads=8)
     full = dict(ucfg, in_channels=4, out_channels=4, use_linear_projection=False)
-    model = _build(UNetMotionModel, **motion_model_config(full, mcfg))
+    model = build_on_meta(UNetMotionModel, **motion_model_config(full, mcfg))
     sd = {k: v for k, v in random_state(model, seed).items() if ".motion_modules." in k}
     for name, buf in model.named_buffers():
         if ".motion_modules." in name and name.endswith("pos_embed.pe"):
@@ -120,4 +121,4 @@ def controlnet_parts(size="tiny", seed=0):
     it visibly acts) and its config."""
     from diffusers import ControlNetModel
     cfg = controlnet_config(size)
-    return random_state(_build(ControlNetModel, **cfg), seed), cfg
+    return random_state(build_on_meta(ControlNetModel, **cfg), seed), cfg

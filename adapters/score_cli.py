@@ -34,11 +34,11 @@ def read_video(path, frames, max_side):
     from .errors import ModelFileError
     path = Path(path)
     if path.is_dir():
-        kept = data._read_frame_folder(path, frames, 1, max_side)
+        kept = data.read_frame_folder(path, frames, 1, max_side)
     elif path.is_file() and path.suffix.lower() in data.VIDEO_EXTS:
-        kept = data._decode_video(path, frames, 1, max_side)
+        kept = data.decode_video(path, frames, 1, max_side)
     elif path.is_file() and path.suffix.lower() in data.IMAGE_EXTS:
-        kept = [data._read_image(path, max_side)]
+        kept = [data.read_image(path, max_side)]
     else:
         raise ModelFileError(path, "not found." if not path.exists() else "is neither a video nor a frame folder.",
                              f"Give a {', '.join(data.VIDEO_EXTS)} file or a folder of frame images.")

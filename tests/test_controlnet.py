@@ -155,7 +155,7 @@ def test_truncated_file_refused(cn_parts, tmp_path):
 def test_controlnet_for_another_unet_refused(base, tmp_path):
     cfg = dict(random_models.controlnet_config("tiny"), cross_attention_dim=64)
     from diffusers import ControlNetModel
-    sd = random_models.random_state(random_models._build(ControlNetModel, **cfg), 1)
+    sd = random_models.random_state(random_models.build_on_meta(ControlNetModel, **cfg), 1)
     other = controlnet.load_controlnet(export.write_checkpoint(tmp_path / "other.safetensors",
                                                                export.controlnet_tensors(sd, cfg)))
     with pytest.raises(ModelFileError, match="text context 64"):
