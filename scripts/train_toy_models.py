@@ -45,7 +45,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters import export, toyworld as tw  # noqa: E402
+from adapters import export, norms, toyworld as tw  # noqa: E402
 from adapters.files import save_safetensors  # noqa: E402
 from adapters.training import _noise_schedule  # noqa: E402
 
@@ -436,7 +436,7 @@ def train_motion(steps, work):
     """Motion modules, with the T2I UNet fine-tuned at a lower rate (the text encoder stays
     frozen). The UNet was trained on single frames, where the direction word carries nothing, so
     it must learn to pass it on. The shipped base is this video-tuned T2I."""
-    from diffusers import MotionAdapter, UNetMotionModel
+    from diffusers import MotionAdapter
     vae = load_vae(work)
     lat, caps = world_latents(work, vae)
     unet2d, te = load_t2i(work)
@@ -449,7 +449,7 @@ def train_motion(steps, work):
     for n, p in adapter.named_parameters():   # AnimateDiff starts every motion module as the identity
         if n.endswith("proj_out.weight") or n.endswith("proj_out.bias"):
             torch.nn.init.zeros_(p)
-    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    unet = video_unet(unet2d, adapter)
     unet.requires_grad_(True)
     with torch.no_grad():
         table = te(ids)[0]
@@ -486,6 +486,13 @@ def video_optimizer(unet, lr):
     return motion, spatial, torch.optim.AdamW([{"params": motion}, {"params": spatial}], lr=lr, weight_decay=1e-2)
 
 
+def video_unet(unet2d, motion_adapter):
+    """The video UNet the stages train: the T2I with the motion modules, normalizing as the
+    users' loader (and AnimateDiff-Evolved) does for this motion module."""
+    from diffusers import UNetMotionModel
+    return norms.install(UNetMotionModel.from_unet2d(unet2d, motion_adapter), norms.mode_for(MOTION))
+
+
 def save_video_unet(unet, te, work):
     """The motion modules to motion.pt, the rest of the UNet (the video-tuned T2I) to VIDEO_T2I."""
     from diffusers import UNet2DConditionModel
@@ -505,7 +512,7 @@ def train_direction(steps, work):
     (noised from the two clips' midpoint, t >= DIRECTION_T_MIN) and scored in x0 space on its own
     clip: nothing but the word separates the targets. Raw weights, no EMA: 600 steps is too few
     for a 0.999 average to leave the start."""
-    from diffusers import MotionAdapter, UNetMotionModel
+    from diffusers import MotionAdapter
     vae = load_vae(work)
     lat, caps = world_latents(work, vae)
     unet2d, te = load_t2i(work, VIDEO_T2I)
@@ -520,7 +527,7 @@ def train_direction(steps, work):
 
     flip_idx = torch.tensor([uniq.index(swapped(c)) for c in caps])
     moving = torch.tensor([i for i, c in enumerate(caps) if c.split()[-1] in tw.OPPOSITE])
-    unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter(block_out_channels=UNET["block_out_channels"], **MOTION))
+    unet = video_unet(unet2d, MotionAdapter(block_out_channels=UNET["block_out_channels"], **MOTION))
     missing, unexpected = unet.load_state_dict(torch.load(work / "motion.pt", weights_only=True), strict=False)
     assert not unexpected and all(".motion_modules." not in k for k in missing)
     unet.requires_grad_(True)
