@@ -40,60 +40,56 @@ def _spatial_inputs(folder, default):
     }, "optional": {"adapter": (ADAPTER, {"tooltip": "Spatial Adapters straight from the trainer node."})}}
 
 
-class ExportSpatialLoRA:
-    @classmethod
-    def INPUT_TYPES(cls):
-        inputs = _spatial_inputs("loras", "still_moving_spatial_lora")
-        inputs["required"]["dtype"] = (["fp16", "fp32"], {"default": "fp32", "tooltip": "fp32 keeps it exact; fp16 "
-                                                                                       "is half the size."})
-        return inputs
-
+class _Export:
+    """What every export node shares: one path out, shown on the node; re-run when the adapter file changes."""
     RETURN_TYPES = PATH_OUT
     RETURN_NAMES = ("path",)
     OUTPUT_TOOLTIPS = PATH_TOOLTIP
     OUTPUT_NODE = True
     FUNCTION = "export"
     CATEGORY = EXPORT_CATEGORY
+
+    @classmethod
+    def IS_CHANGED(cls, adapter_name=None, **_):
+        return paths.fingerprint("still_moving", adapter_name)
+
+    @staticmethod
+    def written(path):
+        return {"ui": {"text": [str(path)]}, "result": (str(path),)}
+
+
+class _SpatialExport(_Export):
+    """Spatial Adapters folded into a file for another graph: ``write`` is the library's export."""
+    FOLDER, DEFAULT_NAME, DTYPES, write = None, None, None, None
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = _spatial_inputs(cls.FOLDER, cls.DEFAULT_NAME)
+        default, tooltip = cls.DTYPES
+        inputs["required"]["dtype"] = (["fp16", "fp32"], {"default": default, "tooltip": tooltip})
+        return inputs
+
+    def export(self, video_model, adapter_name, strength, filename, dtype, adapter=None):
+        adapter, source = load_adapter(SpatialAdapters, adapter_name, adapter)
+        path = type(self).write(video_model, adapter, _target(self.FOLDER, filename), strength, source, dtype)
+        return self.written(path)
+
+
+class ExportSpatialLoRA(_SpatialExport):
+    FOLDER, DEFAULT_NAME = "loras", "still_moving_spatial_lora"
+    DTYPES = ("fp32", "fp32 keeps it exact; fp16 is half the size.")
+    write = staticmethod(export.export_spatial_lora)
     DESCRIPTION = ("Saves the Spatial Adapters as a standard LoRA in models/loras/, for Load LoRA in any graph. It is "
                    "exact only on the customized checkpoint it was exported from (named in the file): load that "
                    "checkpoint and apply the LoRA at strength 1.")
 
-    @classmethod
-    def IS_CHANGED(cls, adapter_name=None, **_):
-        return paths.fingerprint("still_moving", adapter_name)
 
-    def export(self, video_model, adapter_name, strength, filename, dtype, adapter=None):
-        adapter, source = load_adapter(SpatialAdapters, adapter_name, adapter)
-        path = export.export_spatial_lora(video_model, adapter, _target("loras", filename), strength, source, dtype)
-        return {"ui": {"text": [str(path)]}, "result": (str(path),)}
-
-
-class ExportMergedCheckpoint:
-    @classmethod
-    def INPUT_TYPES(cls):
-        inputs = _spatial_inputs("checkpoints", "still_moving_merged")
-        inputs["required"]["dtype"] = (["fp16", "fp32"], {"default": "fp16", "tooltip": "fp16 is the usual size of "
-                                                                                       "an SD1.5 checkpoint."})
-        return inputs
-
-    RETURN_TYPES = PATH_OUT
-    RETURN_NAMES = ("path",)
-    OUTPUT_TOOLTIPS = PATH_TOOLTIP
-    OUTPUT_NODE = True
-    FUNCTION = "export"
-    CATEGORY = EXPORT_CATEGORY
+class ExportMergedCheckpoint(_SpatialExport):
+    FOLDER, DEFAULT_NAME = "checkpoints", "still_moving_merged"
+    DTYPES = ("fp16", "fp16 is the usual size of an SD1.5 checkpoint.")
+    write = staticmethod(export.export_merged_checkpoint)
     DESCRIPTION = ("Saves the customized model with the Spatial Adapters folded in as an ordinary SD1.5 checkpoint in "
                    "models/checkpoints/ (UNet, VAE, text encoder), for Load Checkpoint or diffusers.")
-
-    @classmethod
-    def IS_CHANGED(cls, adapter_name=None, **_):
-        return paths.fingerprint("still_moving", adapter_name)
-
-    def export(self, video_model, adapter_name, strength, filename, dtype, adapter=None):
-        adapter, source = load_adapter(SpatialAdapters, adapter_name, adapter)
-        path = export.export_merged_checkpoint(video_model, adapter, _target("checkpoints", filename), strength,
-                                               source, dtype)
-        return {"ui": {"text": [str(path)]}, "result": (str(path),)}
 
 
 MOTION_KINDS = (MotionAdapter.kind, TemporalLoRA.kind)  # the adapters a MotionLoRA can be made from
@@ -104,7 +100,7 @@ def _motion_files():
     return files or ["(none)"]
 
 
-class ExportMotionLoRA:
+class ExportMotionLoRA(_Export):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -120,19 +116,9 @@ class ExportMotionLoRA:
         }, "optional": {"adapter": (ADAPTER, {"tooltip": "A Motion Adapter or temporal LoRA straight from a "
                                                          "trainer node."})}}
 
-    RETURN_TYPES = PATH_OUT
-    RETURN_NAMES = ("path",)
-    OUTPUT_TOOLTIPS = PATH_TOOLTIP
-    OUTPUT_NODE = True
-    FUNCTION = "export"
-    CATEGORY = EXPORT_CATEGORY
     DESCRIPTION = ("Saves a Motion Adapter (or a temporal LoRA) as an AnimateDiff MotionLoRA in "
                    "models/animatediff_motion_lora/, with alpha baked in, for AnimateDiff-Evolved's Load AnimateDiff "
                    "LoRA (strength 1) or this pack's Load MotionLoRA. Use it with the motion module it was trained on.")
-
-    @classmethod
-    def IS_CHANGED(cls, adapter_name=None, **_):
-        return paths.fingerprint("still_moving", adapter_name)
 
     def export(self, adapter_name, alpha, filename, dtype, adapter=None):
         if adapter is not None:
@@ -147,4 +133,4 @@ class ExportMotionLoRA:
             raise ValueError(f"{source}: this is a {adapter.kind} adapter; a MotionLoRA is made from a Motion Adapter "
                              "or a temporal LoRA.")
         path = export.export_motion_lora(adapter, _target("animatediff_motion_lora", filename), alpha, source, dtype)
-        return {"ui": {"text": [str(path)]}, "result": (str(path),)}
+        return self.written(path)
