@@ -64,8 +64,9 @@ class AttachSubjectModule(_Attach):
     def INPUT_TYPES(cls):
         return {"required": {
             "video_model": (VIDEO_MODEL, {"tooltip": "The base video model the subject module was trained in."}),
-            "adapter_name": (_choices(cls.ADAPTER_CLASS.kind), {"tooltip": "A subject module from models/still_moving/subject/, or "
-                                                             "'(adapter input)' to use the linked adapter."}),
+            "adapter_name": (_choices(cls.ADAPTER_CLASS.kind), {
+                "tooltip": "A subject module from models/still_moving/subject/, or '(adapter input)' to use the linked "
+                           "adapter."}),
             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
                                    "tooltip": "1 as trained; a weight schedule on the sampler multiplies this per "
                                               "step."}),
@@ -83,8 +84,9 @@ class AttachTemporalLoRA(_Attach):
     def INPUT_TYPES(cls):
         return {"required": {
             "video_model": (VIDEO_MODEL, {"tooltip": "The video model to give the reference video's motion."}),
-            "adapter_name": (_choices(cls.ADAPTER_CLASS.kind), {"tooltip": "A temporal LoRA from models/still_moving/temporal/, or "
-                                                             "'(adapter input)' to use the linked adapter."}),
+            "adapter_name": (_choices(cls.ADAPTER_CLASS.kind), {
+                "tooltip": "A temporal LoRA from models/still_moving/temporal/, or '(adapter input)' to use the linked "
+                           "adapter."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05,
                                    "tooltip": "1 as trained; 0.5-1 for a softer copy of the motion. Chain several "
                                               "of these nodes to combine motions: their weight changes add up."}),
