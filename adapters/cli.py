@@ -7,6 +7,8 @@ on one device or on several through accelerate (no launcher of our own).
     python -m adapters.cli export spatial-lora|merged-checkpoint ADAPTER --checkpoint BASE --motion-module MM
                                   --inject CUSTOM [--lora LORA] --out FILE.safetensors [--strength S]
     python -m adapters.cli export motion-lora ADAPTER --alpha A --out FILE.safetensors
+    python -m adapters.cli report --checkpoint BASE --motion-module MM --inject CUSTOM [--adapter SPATIAL]
+                                  [--prompt P ...]   (report_cli.py: the injection report)
 
 Run it from the pack's folder. Paths in the config are relative to the config file; nothing is
 downloaded. See training_configs/train_motion.json and training_configs/train_spatial.json; keys
@@ -392,6 +394,8 @@ def main(argv=None):
     from . import score_cli
     score_cli.add_parser(sub)
     add_export_parser(sub)
+    from . import report_cli
+    report_cli.add_parser(sub)
     args = parser.parse_args(argv)
     from .errors import ModelFileError
     try:
@@ -399,6 +403,8 @@ def main(argv=None):
             return score_cli.run(args)
         if args.command == "export":
             return export(args)
+        if args.command == "report":
+            return report_cli.run(args)
         job = read_config(args.config)
         return dry_run(job, args.device) if args.dry_run else train(job, args.device)
     except (ConfigError, ModelFileError, FileExistsError) as e:

@@ -1,0 +1,103 @@
+"""The injection report node: how far a customization moves what the temporal layers read."""
+import contextlib
+import json
+
+import comfy.model_management as mm
+import comfy.utils
+
+from ..adapters import injection_report as ir
+from ..adapters.spatial_adapters import SpatialAdapters
+from . import comfy_glue
+from .adapter_nodes import ADAPTER
+from .video_model_nodes import CATEGORY, VIDEO_MODEL
+
+
+def parse_timesteps(text):
+    """'999, 700, 400' -> [999, 700, 400], with a message that says what to type."""
+    try:
+        return [int(t) for t in text.replace(";", ",").replace(" ", ",").split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"timesteps: {text!r} is not a list of whole numbers; type e.g. 999, 700, 400.") from None
+
+
+class InjectionReport:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_model": (VIDEO_MODEL, {"tooltip": "The video model with the customized model injected, with or "
+                                                     "without Spatial Adapters attached."}),
+            "prompts": ("STRING", {"multiline": True, "default": "a photo of a sks dog running on the beach\n"
+                                                                 "a sks dog walking in a park",
+                                   "tooltip": "One prompt per line, as you would prompt the video: include the "
+                                              "customization's trigger word."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                             "tooltip": "The noise the models are compared on: the same seed compares "
+                                        "customizations fairly."}),
+            "timesteps": ("STRING", {"default": "999, 700, 400",
+                                     "tooltip": "Noise levels to compare at (0 to 999), early ones decide the "
+                                                "layout and motion. Each adds one UNet call per model."}),
+            "width": ("INT", {"default": 512, "min": 8, "max": 2048, "step": 8,
+                              "tooltip": "Width of the noisy latents in pixels; lower is faster. A connected "
+                                         "latent sets it."}),
+            "height": ("INT", {"default": 512, "min": 8, "max": 2048, "step": 8,
+                               "tooltip": "Height of the noisy latents in pixels. A connected latent sets it."}),
+            "frames": ("INT", {"default": ir.DEFAULT_FRAMES, "min": 1, "max": 32,
+                               "tooltip": "Frames per video; a few are enough. A connected latent sets it."}),
+            "adapter_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                           "tooltip": "Strength of the Spatial Adapters linked to the adapter "
+                                                      "input (adapters already attached keep their own)."}),
+        }, "optional": {
+            "base_video_model": (VIDEO_MODEL, {"tooltip": "The base video model to compare with. Leave it "
+                                                          "unlinked: the base is then the video model above "
+                                                          "without its customization and Spatial Adapters."}),
+            "adapter": (ADAPTER, {"tooltip": "Spatial Adapters (from Train Spatial Adapters or Load Adapter) to "
+                                             "measure how much of the shift they close."}),
+            "latent": ("LATENT", {"tooltip": "Clean video latents to noise, e.g. the base model's video from the "
+                                             "sampler; else the base model's own first estimate is used."}),
+        }}
+
+    RETURN_TYPES = ("STRING", "STRING", "FLOAT", "FLOAT")
+    RETURN_NAMES = ("report", "report_json", "shift", "closed")
+    OUTPUT_TOOLTIPS = ("The table shown on the node: per block, how far the features moved and how much the "
+                       "adapters closed.",
+                       "Every figure of the report as JSON (per block and per timestep).",
+                       "Overall shift: mean relative change of the temporal layers' input features (0 = none).",
+                       "Share of the shift the Spatial Adapters closed (1 = all); 0 without adapters.")
+    FUNCTION = "report"
+    CATEGORY = CATEGORY
+    OUTPUT_NODE = True
+    DESCRIPTION = ("Before training, tells whether naive injection will hold: how far the customized model moves "
+                   "the features entering the temporal layers, per block. With Spatial Adapters, how much of that "
+                   "shift they close. No video is sampled.")
+
+    def report(self, video_model, prompts, seed, timesteps, width, height, frames, adapter_strength,
+               base_video_model=None, adapter=None, latent=None):
+        lines = [p.strip() for p in prompts.splitlines() if p.strip()]
+        if not lines:
+            raise ValueError("prompts: give at least one prompt (one per line).")
+        ts = parse_timesteps(timesteps)
+        if adapter is not None:
+            SpatialAdapters.expect(adapter)
+        device = comfy_glue.device()
+        comfy_glue.make_room()
+        latents = None
+        if latent is not None:
+            latents = comfy_glue.from_comfy_latent(latent, video_model.vae.config.scaling_factor)
+        bar = comfy.utils.ProgressBar(1)
+
+        def progress(done, total):
+            mm.throw_exception_if_processing_interrupted()
+            bar.update_absolute(done, total)
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(video_model.on_device(device))
+            if base_video_model is not None and base_video_model.unet is not video_model.unet:
+                stack.enter_context(base_video_model.on_device(device))
+            rep = ir.injection_report(video_model, base=base_video_model, adapters=adapter,
+                                      strength=adapter_strength, prompts=lines, seed=seed, timesteps=ts,
+                                      frames=frames, width=width, height=height, latents=latents, device=device,
+                                      callback=progress)
+        text = rep.text()
+        closed = rep.closed if rep.closed is not None else 0.0
+        out = (text, json.dumps(rep.as_dict(), indent=1), float(rep.shift), float(closed))
+        return {"ui": {"text": [text]}, "result": out}

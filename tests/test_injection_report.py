@@ -1,0 +1,183 @@
+"""The injection report measures what the temporal layers read: nothing moves for the base injected
+into itself, the shift grows with the interpolation weight, Spatial Adapters made to undo a known
+change close it, and the node runs in ComfyUI and shows its table."""
+import json
+
+import pytest
+import torch
+
+from adapters import inject, loading
+from adapters.injection_report import injection_report, motion_module_names
+from adapters.spatial_adapters import SpatialAdapters
+from adapters.video_model import AdapterPatch
+
+CHEAP = dict(prompts=["a red circle", "a sks star"], seed=3, timesteps=(999, 500), frames=4, width=32, height=32)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_files):
+    return loading.load_video_model(tiny_files.checkpoint, tiny_files.motion_files["v2"])
+
+
+def test_blocks_are_every_motion_module_in_run_order(base):
+    names = motion_module_names(base.unet)
+    every = [n for n, _ in base.unet.named_modules() if n.rsplit(".", 2)[-2:-1] == ["motion_modules"]]
+    assert sorted(names) == sorted(every) and len(names) >= 5
+    heads = [n.split(".")[0] for n in names]
+    assert heads == sorted(heads, key=["down_blocks", "mid_block", "up_blocks"].index)
+
+
+def test_base_injected_into_itself_moves_nothing(base, tiny_files, tmp_path):
+    same = inject.inject_checkpoint(base, tiny_files.checkpoint)  # an identical checkpoint: no tensor differs
+    rep = injection_report(same, **CHEAP)
+    assert all(b.shift == 0.0 for b in rep.blocks) and rep.shift == 0.0
+    assert rep.cosine == pytest.approx(1.0, abs=1e-6)
+    assert "no customization injected" in rep.text()
+    # the same base loaded again and linked as the base: the same features to the last bit
+    other = loading.load_video_model(tiny_files.checkpoint, tiny_files.motion_files["v2"])
+    rep = injection_report(same, base=other, **CHEAP)
+    assert rep.shift == 0.0 and rep.closed is None
+
+
+def test_shift_grows_with_the_interpolation_weight(base, tiny_files):
+    shifts = []
+    for w in (0.25, 0.5, 0.75, 1.0):
+        rep = injection_report(inject.inject_checkpoint(base, tiny_files.custom_checkpoint, weight=w), **CHEAP)
+        assert rep.customization and rep.customization[0].startswith(("checkpoint weights", "interpolated weights"))
+        shifts.append(rep.shift)
+    assert shifts[0] > 0.01
+    assert all(a < b for a, b in zip(shifts, shifts[1:])), shifts
+
+
+def _block_outputs(model):
+    """Layers whose output the temporal layers read next: transformer proj_out and resnet conv2."""
+    return [n for n, m in model.unet.named_modules() if ".motion_modules." not in n
+            and (n.endswith(".proj_out") and ".attentions." in n or n.endswith(".conv2") and ".resnets." in n)
+            and "_blocks" in n]
+
+
+def _known_change(base, rank=2, std=0.6):
+    """A customized model whose every chosen layer's output passes through a known (I + P), P = d·u
+    random and low-rank (written as merged weights), and Spatial Adapters set to its inverse:
+    (I + d·u)⁻¹ = I − d (I_r + u·d)⁻¹ u."""
+    modules = dict(base.unet.named_modules())
+    targets = _block_outputs(base)
+    p = SpatialAdapters({n: SpatialAdapters.factor_shape(modules[n]) for n in targets}, rank, seed=11)
+    inverse = SpatialAdapters({n: SpatialAdapters.factor_shape(modules[n]) for n in targets}, rank, seed=11)
+    g = torch.Generator().manual_seed(12)
+    tensors = {}
+    with torch.no_grad():
+        for n in targets:
+            d, u = p.factors(n)
+            u.copy_(torch.randn(u.shape, generator=g) * std)
+            di, ui = inverse.factors(n)
+            di.copy_(d)
+            ui.copy_(-torch.linalg.solve(torch.eye(rank) + u @ d, u))
+            for leaf in ("weight", "bias"):
+                tensors[f"{n}.{leaf}"] = p.merged_weight(n, getattr(modules[n], leaf).data, 1.0)
+    custom = inject.inject_weights(base, tensors, source="(I+P)")
+    assert sorted(custom.injected_layers()) == sorted(targets)
+    return custom, inverse
+
+
+def test_spatial_adapters_that_undo_a_known_change_close_it(base):
+    custom, inverse = _known_change(base)
+    rep = injection_report(custom, adapters=inverse, **CHEAP)
+    assert rep.shift > 0.05
+    for b in rep.blocks:
+        assert b.shift > 0.01 and b.shift_after < 1e-4 * max(1.0, b.shift), b
+        assert b.closed == pytest.approx(1.0, abs=1e-3)
+    assert rep.closed == pytest.approx(1.0, abs=1e-4)
+    # attached (unmerged, as hooks) instead of given: the same answer
+    attached = custom.with_patch(AdapterPatch(inverse, 1.0, merged=False, source="inverse"))
+    rep2 = injection_report(attached, **CHEAP)
+    assert rep2.shift == pytest.approx(rep.shift, rel=1e-6)
+    assert rep2.closed == pytest.approx(1.0, abs=1e-4) and rep2.adapters
+    # half strength closes part of it, zero nothing
+    half = injection_report(custom, adapters=inverse, strength=0.5, **CHEAP)
+    assert 0.2 < half.closed < 0.9
+    zero = injection_report(custom, adapters=inverse, strength=0.0, **CHEAP)
+    assert zero.closed == pytest.approx(0.0, abs=1e-9)
+    text = rep.text()
+    for b in rep.blocks:
+        assert b.block in text
+    assert "closed" in text and "100%" in text
+
+
+def test_the_base_stays_the_base_under_other_patches(base, tiny_files):
+    """A linked base is compared as it is; one of another architecture or motion module is refused."""
+    custom = inject.inject_checkpoint(base, tiny_files.custom_checkpoint)
+    derived = injection_report(custom, **CHEAP)
+    linked = injection_report(custom, base=base, **CHEAP)
+    assert linked.shift == pytest.approx(derived.shift, rel=1e-6)
+    v3 = loading.load_video_model(tiny_files.checkpoint, tiny_files.motion_files["v3"])
+    with pytest.raises(ValueError, match="another motion module"):
+        injection_report(custom, base=v3, **CHEAP)
+    with pytest.raises(ValueError, match="0 to 999"):
+        injection_report(custom, **dict(CHEAP, timesteps=(1000,)))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        injection_report(custom, **dict(CHEAP, width=30))
+
+
+def test_given_latents_set_the_size(base, tiny_files):
+    custom = inject.inject_checkpoint(base, tiny_files.custom_checkpoint)
+    lat = torch.randn(1, base.unet.config.in_channels, 3, 4, 2, generator=torch.Generator().manual_seed(0))
+    rep = injection_report(custom, latents=lat, **dict(CHEAP, frames=8))
+    assert (rep.frames, rep.width, rep.height) == (3, 16, 32) and rep.shift > 0
+    with pytest.raises(ValueError, match="one per prompt"):
+        injection_report(custom, latents=lat.repeat(3, 1, 1, 1, 1), **CHEAP)
+
+
+# ---- ComfyUI and the command line -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def host(comfy, comfy_files):
+    comfy.add_model("checkpoints", comfy_files.BASE, comfy_files.base)
+    comfy.add_model("checkpoints", comfy_files.CUSTOM, comfy_files.custom)
+    comfy.add_model("animatediff_models", comfy_files.MOTION, comfy_files.motion)
+    return comfy
+
+
+def _graph(cf, ckpt, **extra):
+    inputs = dict(video_model=["inj", 0], prompts="a sks dog running\n\na dog", seed=1, timesteps="999, 600",
+                  width=64, height=64, frames=2, adapter_strength=1.0)
+    inputs.update(extra)
+    return {"load": {"class_type": "SM_LoadVideoModel", "inputs": {"ckpt_name": cf.BASE, "motion_module": cf.MOTION,
+                                                                    "dtype": "auto"}},
+            "inj": {"class_type": "SM_InjectCheckpoint", "inputs": {"video_model": ["load", 0], "ckpt_name": ckpt,
+                                                                     "weight": 1.0, "inject_text_encoder": True}},
+            "rep": {"class_type": "SM_InjectionReport", "inputs": inputs}}
+
+
+def test_report_node_runs_in_comfyui_and_shows_its_table(host, comfy_files):
+    cf = comfy_files
+    result = host.run(_graph(cf, cf.CUSTOM))
+    text, as_json, shift, closed = (o[0] for o in result.outputs["rep"])
+    assert result.ui["rep"]["text"][0] == text
+    data = json.loads(as_json)
+    assert data["prompts"] == ["a sks dog running", "a dog"] and data["timesteps"] == [999, 600]
+    assert shift == pytest.approx(data["shift"]) and shift > 0 and closed == 0.0
+    assert "down_blocks.0.motion_modules.0" in text and "overall" in text
+    # the base injected into itself: nothing moved
+    same = host.run(_graph(cf, cf.BASE)).outputs["rep"]
+    assert same[2][0] == 0.0
+    # a linked base (the loader's output) is the comparison's base
+    linked = host.run(_graph(cf, cf.CUSTOM, base_video_model=["load", 0])).outputs["rep"]
+    assert linked[2][0] == pytest.approx(shift, rel=1e-5)
+
+
+def test_report_from_the_command_line(tiny_files, tmp_path, capsys):
+    from adapters import cli
+    out = tmp_path / "report.json"
+    rc = cli.main(["report", "--checkpoint", str(tiny_files.checkpoint), "--motion-module",
+                   str(tiny_files.motion_files["v2"]), "--inject", str(tiny_files.custom_checkpoint),
+                   "--prompt", "a red circle", "--timesteps", "999,500", "--frames", "4", "--width", "32",
+                   "--height", "32", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    data = json.loads(out.read_text())
+    assert data["shift"] > 0 and "overall" in printed and f"{data['shift']:.3f}" in printed
+    rc = cli.main(["report", "--checkpoint", str(tiny_files.checkpoint), "--motion-module",
+                   str(tiny_files.motion_files["v2"]), "--inject", str(tiny_files.custom_checkpoint),
+                   "--timesteps", "99x"])
+    assert rc == 1 and "timesteps" in capsys.readouterr().err
