@@ -1,10 +1,10 @@
 """The Motion Adapter does what the paper says, measured on generated videos of a tiny model:
 trained on frozen clips, α = 1 makes videos much stiller than α = 0, and α = −1 moves the other way.
 
-Reference (measured.md): a plain diffusers + peft loop on a random tiny model went 213 -> 112
-(-47 %) at α = 1 after 300 steps, and 205 (-4 %) at α = -1. On the same tiny model, data, steps
-and learning rate, ``benchmarks/bench_motion_effect.py`` measured ours -31.2 % / +2.7 % against
-that plain loop's -30.8 % / +0.2 %: the size of the drop depends on the random model, not the loop.
+How large the drop is depends on the random model and on the function it computes, not on the
+loop (``benchmarks/bench_motion_effect.py`` compares ours with a plain diffusers + peft loop on the
+same tiny model); the bound asks for a clear drop, which an adapter that does nothing (ratio 1)
+cannot pass.
 """
 import types
 
@@ -50,4 +50,4 @@ def test_motion_scale_controls_motion(trained):
     assert last < first
 
 
-THRESHOLD = 0.75
+THRESHOLD = 0.8
