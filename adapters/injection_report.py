@@ -21,6 +21,7 @@ model.
 """
 import math
 import re
+import textwrap
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -152,14 +153,15 @@ def render(report):
                 s += f" -> {_num(v['shift_after'])}"
             parts.append(s)
         lines.append("by timestep (overall): " + ", ".join(parts))
-    lines.append("")
-    lines.append("Reading it: the larger the shift, the more the temporal layers see features they were not "
-                 "trained on, and the more motion naive injection tends to lose; compare customizations "
-                 "with the same prompts and seed.")
+    prose = ["Reading it: the larger the shift, the more the temporal layers see features they were not "
+             "trained on, and the more motion naive injection tends to lose; compare customizations with the "
+             "same prompts and seed."]
     if after:
-        lines.append("closed: the share of the shift the Spatial Adapters undid (100% = the base model's "
+        prose.append("closed: the share of the shift the Spatial Adapters undid (100% = the base model's "
                      "features again; near 0 = they did not act where the temporal layers read).")
-    lines += [f"note: {n}" for n in r.notes]
+    prose += [f"note: {n}" for n in r.notes]
+    lines.append("")
+    lines += [textwrap.fill(p, 96, subsequent_indent="  ") for p in prose]
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ class InjectionReport:
                                                                  "a sks dog walking in a park",
                                    "tooltip": "One prompt per line, as you would prompt the video: include the "
                                               "customization's trigger word."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False,
                              "tooltip": "The noise the models are compared on: the same seed compares "
                                         "customizations fairly."}),
             "timesteps": ("STRING", {"default": "999, 700, 400",

@@ -2,6 +2,8 @@
 into itself, the shift grows with the interpolation weight, Spatial Adapters made to undo a known
 change close it, and the node runs in ComfyUI and shows its table."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,3 +183,84 @@ def test_report_from_the_command_line(tiny_files, tmp_path, capsys):
                    str(tiny_files.motion_files["v2"]), "--inject", str(tiny_files.custom_checkpoint),
                    "--timesteps", "99x"])
     assert rc == 1 and "timesteps" in capsys.readouterr().err
+
+
+# ---- the report on the node, in the real editor ---------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BUILD = """async () => {
+  const app = window.app, g = app.graph;
+  g.clear();
+  const set = (n, name, v) => { n.widgets.find((w) => w.name === name).value = v; };
+  const load = LiteGraph.createNode("SM_LoadVideoModel"); g.add(load);
+  set(load, "ckpt_name", "toy_base.safetensors"); set(load, "motion_module", "toy_mm_v2.safetensors");
+  const inj = LiteGraph.createNode("SM_InjectCheckpoint"); inj.pos = [0, 300]; g.add(inj);
+  set(inj, "ckpt_name", "toy_custom.safetensors");
+  load.connect(0, inj, 0);
+  const rep = LiteGraph.createNode("SM_InjectionReport"); rep.pos = [400, 0]; g.add(rep);
+  set(rep, "prompts", "a sks star moving left"); set(rep, "width", 32); set(rep, "height", 32);
+  inj.connect(0, rep, 0);
+  window.__smDone = null;
+  app.api.addEventListener("execution_success", () => { window.__smDone = "success"; });
+  app.api.addEventListener("execution_error", (e) => { window.__smDone = JSON.stringify(e.detail).slice(0, 600); });
+  await app.queuePrompt(0);
+  return rep.id;
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no {CHROMIUM}: scripts/setup.sh installs Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.mark.parametrize("frontend", ["pinned", "newest"])
+def test_report_shows_on_the_node_in_the_editor(browser, tmp_path_factory, frontend):
+    """Queued from the editor on the shipped toy models, the node's table appears on the node
+    (js/report_text.js), and the seed stays as typed (no randomize after each run)."""
+    from comfy_host import ComfyServer, add_model_file, comfyui_path, make_base
+    repo, home = Path(__file__).resolve().parent.parent, Path(os.environ.get(
+        "STILL_MOVING_HOME", Path.home() / ".cache" / "still-moving"))
+    base = make_base(tmp_path_factory.mktemp("report_editor"))
+    for kind, name, src in (("checkpoints", "toy_base.safetensors", "toy_base.safetensors"),
+                            ("checkpoints", "toy_custom.safetensors", "toy_custom_sks_star.safetensors"),
+                            ("animatediff_models", "toy_mm_v2.safetensors", "toy_mm_v2.safetensors")):
+        add_model_file(base, kind, name, repo / "embedded" / src)
+    settings = base / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    root = None if frontend == "pinned" else home / "frontend-newest" / "comfyui_frontend_package" / "static"
+    server = ComfyServer(base, comfyui_path(), front_end_root=root)
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url)
+        page.wait_for_function("() => window.app?.graph && window.LiteGraph?.registered_node_types?.SM_InjectionReport",
+                               timeout=120_000)
+        page.wait_for_function("() => window.app.api.socket?.readyState === 1", timeout=30_000)
+        node = page.evaluate(BUILD)
+        page.wait_for_function("() => window.__smDone !== null", timeout=120_000)
+        assert page.evaluate("() => window.__smDone") == "success", server.log()
+        shown = "id => app.graph.getNodeById(id).widgets.find((w) => w.name === 'sm_text_result')?.box.value"
+        page.wait_for_function(f"id => ({shown.split('=> ', 1)[1]})", arg=node, timeout=10_000)
+        text = page.evaluate(shown, node)
+        assert text.startswith("Injection report") and "down_blocks.0.motion_modules.0" in text
+        assert "toy_custom.safetensors" in text and "overall (mean of blocks)" in text
+        widgets = page.evaluate("id => app.graph.getNodeById(id).widgets.map((w) => [w.name, w.value])", node)
+        assert ["seed", 0] in widgets and not any("control" in name for name, _ in widgets), widgets
+        sent = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+        report = next(v for v in sent.values() if v["class_type"] == "SM_InjectionReport")
+        assert "sm_text_result" not in report["inputs"]  # the result box is not an input
+        assert not errors, errors
+    finally:
+        context.close()
+        server.stop()
