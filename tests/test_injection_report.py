@@ -264,3 +264,20 @@ def test_report_shows_on_the_node_in_the_editor(browser, tmp_path_factory, front
     finally:
         context.close()
         server.stop()
+
+
+@pytest.mark.full
+def test_benchmark_runs_on_the_toy_models(capsys):
+    """benchmarks/bench_injection_report.py at a small setting: every row is reported, the base has
+    no shift, and the stronger the same customization, the larger its shift."""
+    from model_files import load_script
+    bench = load_script("benchmarks/bench_injection_report.py")
+    rows, corr = bench.run(bench.parse_args(["--quick", "--steps", "2"]))
+    out = capsys.readouterr().out
+    shift = {r["name"]: r["shift"] for r in rows}
+    assert shift["base"] == 0.0 and 0 < shift["interp 0.5"] < shift["interp 1"] < shift["delta x 2"], shift
+    assert f"SPEARMAN over {len(rows) - 1} customizations" in out and -1 <= corr["travel"] <= 1, out
+    # a random change as large as the customization's moves the features far less
+    weights = {r["name"]: r["weight_change"] for r in rows}
+    assert weights["noise x 1"] == pytest.approx(weights["interp 1"], rel=1e-3)
+    assert shift["noise x 1"] < 0.5 * shift["interp 1"], shift
