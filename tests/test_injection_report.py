@@ -12,6 +12,7 @@ from adapters import inject, loading
 from adapters.injection_report import injection_report, motion_module_names
 from adapters.spatial_adapters import SpatialAdapters
 from adapters.video_model import AdapterPatch
+from adapter_models import trained  # noqa: F401  (fixture)
 
 CHEAP = dict(prompts=["a red circle", "a sks star"], seed=3, timesteps=(999, 500), frames=4, width=32, height=32)
 
@@ -133,10 +134,11 @@ def test_given_latents_set_the_size(base, tiny_files):
 # ---- ComfyUI and the command line -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def host(comfy, comfy_files):
+def host(comfy, comfy_files, trained):
     comfy.add_model("checkpoints", comfy_files.BASE, comfy_files.base)
     comfy.add_model("checkpoints", comfy_files.CUSTOM, comfy_files.custom)
     comfy.add_model("animatediff_models", comfy_files.MOTION, comfy_files.motion)
+    comfy.add_model("still_moving", "spatial/report_spatial_adapters.safetensors", trained.files["spatial"])
     return comfy
 
 
@@ -168,6 +170,19 @@ def test_report_node_runs_in_comfyui_and_shows_its_table(host, comfy_files):
     assert linked[2][0] == pytest.approx(shift, rel=1e-5)
 
 
+def test_report_node_measures_linked_spatial_adapters(host, comfy_files, trained):
+    """Load Adapter -> the node's adapter input: 'closed' is what the library computes for the
+    same customized model and adapters."""
+    g = _graph(comfy_files, comfy_files.CUSTOM, adapter=["ad", 0], adapter_strength=0.5)
+    g["ad"] = {"class_type": "SM_LoadAdapter", "inputs": {"adapter_name": "spatial/report_spatial_adapters.safetensors"}}
+    result = host.run(g)
+    text, _, shift, closed = (o[0] for o in result.outputs["rep"])
+    want = injection_report(trained.custom, adapters=trained.spatial, strength=0.5, prompts=["a sks dog running", "a dog"],
+                            seed=1, timesteps=(999, 600), frames=2, width=64, height=64)
+    assert shift == pytest.approx(want.shift, rel=1e-4) and closed == pytest.approx(want.closed, abs=1e-4)
+    assert closed != 0.0 and "closed" in text and "spatial adapter (UNet, 0.5)" in text
+
+
 def test_report_from_the_command_line(tiny_files, tmp_path, capsys):
     from adapters import cli
     out = tmp_path / "report.json"
@@ -183,6 +198,19 @@ def test_report_from_the_command_line(tiny_files, tmp_path, capsys):
                    str(tiny_files.motion_files["v2"]), "--inject", str(tiny_files.custom_checkpoint),
                    "--timesteps", "99x"])
     assert rc == 1 and "timesteps" in capsys.readouterr().err
+    # with Spatial Adapters from a file: what they closed is printed
+    custom = inject.inject_checkpoint(loading.load_video_model(tiny_files.checkpoint, tiny_files.motion_files["v2"]),
+                                      tiny_files.custom_checkpoint)
+    adapter = SpatialAdapters.for_model(custom, rank=2, seed=1)
+    with torch.no_grad():
+        for p in adapter.up.values():
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(2))
+    path = adapter.save(tmp_path / "spatial.safetensors")
+    rc = cli.main(["report", "--checkpoint", str(tiny_files.checkpoint), "--motion-module",
+                   str(tiny_files.motion_files["v2"]), "--inject", str(tiny_files.custom_checkpoint), "--adapter", str(path),
+                   "--prompt", "a red circle", "--timesteps", "999", "--frames", "2", "--width", "32", "--height", "32"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "closed" in printed and "spatial adapter (UNet, 1): (adapters input)" in printed, printed
 
 
 # ---- the report on the node, in the real editor ---------------------------------------------------
