@@ -364,7 +364,7 @@ def child(a, what, cases, out_dir):
 def report(a, cases, out_dir, previous):
     import torch
     rows = []
-    load = lambda p: torch.load(p, weights_only=False) if p.exists() else None  # noqa: E731
+    load = lambda p: torch.load(p, weights_only=True) if p.exists() else None  # noqa: E731
     pack_v2 = load(out_dir / "pack_v2.pt")
     print("\n" + "=" * 100)
     print(f"Settings: {a.width}x{a.height}, {a.frames} frames, {a.steps} Euler steps, CFG {a.cfg}, seed {a.seed}, "

@@ -13,6 +13,7 @@ from adapters.injection_report import injection_report, motion_module_names
 from adapters.spatial_adapters import SpatialAdapters
 from adapters.video_model import AdapterPatch
 from adapter_models import trained  # noqa: F401  (fixture)
+from browser import browser  # noqa: F401  (fixture)
 
 CHEAP = dict(prompts=["a red circle", "a sks star"], seed=3, timesteps=(999, 500), frames=4, width=32, height=32)
 
@@ -215,9 +216,6 @@ def test_report_from_the_command_line(tiny_files, tmp_path, capsys):
 
 # ---- the report on the node, in the real editor ---------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 BUILD = """async () => {
   const app = window.app, g = app.graph;
   g.clear();
@@ -236,17 +234,6 @@ BUILD = """async () => {
   await app.queuePrompt(0);
   return rep.id;
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"no {CHROMIUM}: scripts/setup.sh installs Debian's chromium (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
 
 
 @pytest.mark.parametrize("frontend", ["pinned", "newest"])

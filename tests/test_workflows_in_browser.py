@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from browser import browser  # noqa: F401  (fixture)
 from comfy_host import PACK_NAME, ComfyServer, comfyui_path
 from model_files import load_script
 
@@ -37,9 +38,6 @@ NAMES = sorted(SHIPPED, key=lambda n: (ORDER.index(n) if n in ORDER else -1 if n
 HOME = Path(os.environ.get("STILL_MOVING_HOME", Path.home() / ".cache" / "still-moving"))
 NEWEST_FRONTEND = HOME / "frontend-newest"  # pip --target folder written by scripts/setup.sh
 SHOTS = HOME / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # A returning user: no first-run template dialog; for the screenshots, no minimap over the graph
 # and node text drawn even when a large graph is zoomed out to fit the window.
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
@@ -123,17 +121,6 @@ def write_method_inputs(input_dir, video):
     ref.mkdir(parents=True, exist_ok=True)
     if not (ref / video.name).exists():
         (ref / video.name).symlink_to(video)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"no {CHROMIUM}: scripts/setup.sh installs Debian's chromium (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
