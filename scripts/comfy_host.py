@@ -10,7 +10,7 @@ Two hosts share one session base directory laid out like a ComfyUI install
 * ``comfy_server``: ``python main.py --cpu`` on a loopback port, driven over HTTP exactly
   like the browser does. Started lazily, only by tests that ask for it.
 
-Why each boot step is there: /work/shared/notes/comfyui-host.md.
+Why each boot step is there: the team notes, shared/notes/comfyui-host.md.
 """
 from __future__ import annotations
 
