@@ -193,10 +193,10 @@ class ControlNet:
 def build_controlnet(sd, config, dtype=torch.float32, path=None):
     """ControlNetModel built on the meta device whose tensors ARE the given ones (no copies)."""
     from diffusers import ControlNetModel
-    from .loading import _assign
+    from .loading import assign_weights
     with torch.device("meta"):
         net = ControlNetModel(**config)
-    _assign(net, sd, path, "ControlNet", dtype)
+    assign_weights(net, sd, path, "ControlNet", dtype)
     return net.eval().requires_grad_(False)
 
 

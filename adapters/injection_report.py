@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .training import noise_schedule
 from .video_model import AdapterPatch
 
 DEFAULT_TIMESTEPS = (999, 700, 400)
@@ -216,12 +217,6 @@ class _Recorder:
         self.handles = []
 
 
-def _alphas():
-    """AnimateDiff's training schedule: linear betas 0.00085 -> 0.012 over 1000 steps."""
-    betas = torch.linspace(0.00085, 0.012, 1000, dtype=torch.float64)
-    return torch.cumprod(1 - betas, 0)
-
-
 def _unet_call(model, x, t, emb, frames):
     unet = model.unet
     tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
@@ -337,7 +332,7 @@ def injection_report(model, *, base=None, adapters=None, strength=1.0, prompts=(
     shape = (n, unet.config.in_channels, frames, h, w)
     noise, g = initial_noise(shape, seed)
     renoise = torch.randn(shape, generator=g)
-    alphas = _alphas()
+    alphas = noise_schedule(torch.float64)
     embeds = {"base": encode_text(base_model, prompts, device)}
     for key, m in variants:
         embeds[key] = encode_text(m, prompts, device)

@@ -23,7 +23,7 @@ def _motion_block_types(attention):
     return down, up
 
 
-def _sinusoid(length, dim):
+def sinusoid_table(length, dim):
     position = torch.arange(length).unsqueeze(1)
     div = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
     pe = torch.zeros(1, length, dim)
@@ -32,7 +32,7 @@ def _sinusoid(length, dim):
     return pe
 
 
-def _assign(module, state, path, what, dtype):
+def assign_weights(module, state, path, what, dtype):
     """Assign tensors into a meta-built module; fill positional tables; report what is missing."""
     result = module.load_state_dict(state, strict=False, assign=True)
     missing = []
@@ -40,7 +40,7 @@ def _assign(module, state, path, what, dtype):
         if name.endswith("pos_embed.pe"):
             mod = module.get_submodule(name.rsplit(".", 1)[0])
             length, dim = mod.pe.shape[1], mod.pe.shape[2]
-            mod.pe = _sinusoid(length, dim).to(dtype)
+            mod.pe = sinusoid_table(length, dim).to(dtype)
         else:
             missing.append(name)
     if missing:
@@ -205,7 +205,7 @@ def build_unet_motion(unet_sd, unet_config, motion_sd, motion_config, dtype, ckp
         unet = UNetMotionModel(**cfg)
     state = dict(unet_sd)
     state.update(motion_sd)
-    _assign(unet, state, ckpt_path if not motion_sd else f"{ckpt_path} + {mm_path}", "video UNet", dtype)
+    assign_weights(unet, state, ckpt_path if not motion_sd else f"{ckpt_path} + {mm_path}", "video UNet", dtype)
     norms.install(unet, norms.mode_for(motion_config))  # normalize as AnimateDiff-Evolved does
     return unet.eval().requires_grad_(False)
 
@@ -214,7 +214,7 @@ def build_vae(vae_sd, vae_config, dtype, path=None):
     from diffusers import AutoencoderKL
     with torch.device("meta"):
         vae = AutoencoderKL(**vae_config)
-    return _assign(vae, vae_sd, path, "VAE", dtype).eval().requires_grad_(False)
+    return assign_weights(vae, vae_sd, path, "VAE", dtype).eval().requires_grad_(False)
 
 
 def build_text_encoder(clip_sd, clip_config, dtype, path=None):

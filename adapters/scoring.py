@@ -43,6 +43,13 @@ def _as_video(video):
     raise ValueError(f"expected frames (F, H, W, 3) or latents (1, C, F, h, w), got {tuple(v.shape)}.")
 
 
+def temporal_variance(video):
+    """Variance across frames, averaged over positions and channels (0 for a frozen video).
+    Measure it on generated videos: one denoising step's estimate does not show learned motion."""
+    v, _ = _as_video(video)
+    return v.var(dim=0).mean().item() if v.shape[0] > 1 else 0.0
+
+
 def frame_difference(video):
     """Mean absolute change between consecutive frames (0 for a frozen video)."""
     v, _ = _as_video(video)

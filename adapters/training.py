@@ -86,10 +86,10 @@ def _step_generator(seed, step):
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2 ** 63))
 
 
-def _noise_schedule():
-    """AnimateDiff trained with linear betas 0.00085 -> 0.012 over 1000 steps."""
+def noise_schedule(dtype=torch.float32):
+    """Cumulative alphas of AnimateDiff's training: linear betas 0.00085 -> 0.012 over 1000 steps."""
     betas = torch.linspace(0.00085, 0.012, 1000, dtype=torch.float64)
-    return torch.cumprod(1 - betas, 0).float()
+    return torch.cumprod(1 - betas, 0).to(dtype)
 
 
 def clip_latents(clip, frames, frozen, g):
@@ -225,7 +225,7 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
     if resume is not None and "trainer.losses" in adapter.extra_tensors:
         losses = [tuple(r) for r in adapter.extra_tensors["trainer.losses"].tolist()]
         losses = [(int(s), l, "prior" if src else "custom") for s, l, src in losses]
-    alphas = _noise_schedule().to(device)
+    alphas = noise_schedule().to(device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     unet = model.unet
     t0 = time.time()
@@ -346,7 +346,7 @@ def mean_loss(model, clips, frames, frozen, seed=0, samples=8, device="cpu"):
     ``clips``, over a fixed set of noises and timesteps: a yardstick comparable across runs."""
     from .sampling import encode_text
     device = torch.device(device)
-    alphas = _noise_schedule().to(device)
+    alphas = noise_schedule().to(device)
     total = 0.0
     with model.patched(), torch.no_grad():
         embeds = {c.caption: encode_text(model, [c.caption], device) for c in clips}

@@ -2,7 +2,7 @@
 
 Model files are random weights in the users' real layouts (LDM single-file SD1.5 checkpoint,
 original-layout AnimateDiff motion module), written by ``adapters.export`` from
-``adapters.random_models``. Real-size files (4.3 GB + 1.8 GB in fp32) are written once, in a
+``scripts/random_models.py``. Real-size files (4.3 GB + 1.8 GB in fp32) are written once, in a
 subprocess so the benchmark's own memory stays clean, under ``$STILL_MOVING_HOME/bench/``
 (default ``~/.cache/still-moving/bench/``).
 """
@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _p in (REPO / "scripts", REPO):  # the pack's library, the toy world, random models, the ComfyUI host
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 HOME = Path(os.environ.get("STILL_MOVING_HOME", Path.home() / ".cache" / "still-moving"))
 BENCH_DIR = HOME / "bench"
@@ -64,7 +65,8 @@ def ensure_model_files(size, mm_format="safetensors"):
 def _write(size, part, path):
     import torch
 
-    from adapters import export, random_models
+    from adapters import export
+    import random_models
     path = Path(path)
     fmt = "ckpt" if path.suffix == ".ckpt" else "safetensors"
     with torch.no_grad():

@@ -2,7 +2,7 @@
 
 The video model is the benchmark files (``adapters.loading.load_video_model``) with a customized
 checkpoint injected: ``adapters.inject.inject_weights(base, custom["unet"], custom["clip"])`` with
-the random "custom" parts ``adapters.random_models.sd15_parts(size, seed=1)``. Spatial Adapters
+the random "custom" parts ``scripts/random_models.py``: ``sd15_parts(size, seed=1)``. Spatial Adapters
 (rank 8, every injected layer: target_mode "all", the training default) with random non-zero
 factors are added as an ``AdapterPatch``:
 
@@ -65,7 +65,8 @@ def main():
     a = parse()
     import torch
 
-    from adapters import inject, random_models
+    from adapters import inject
+    import random_models
     from adapters.loading import load_video_model
     from adapters.spatial_adapters import SpatialAdapters
     from adapters.sampling import encode_text, sample

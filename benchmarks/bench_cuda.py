@@ -227,7 +227,8 @@ def our_train(vm, kind, clips, a, gpu, out_dir, amp_name, checkpointing=False, m
 def bench_training(vm, a, gpu, results):
     import torch
 
-    from adapters import inject, random_models
+    from adapters import inject
+    import random_models
     from adapters.data import LatentClip
     from adapters.motion_adapter import MotionAdapter
     from adapters.sampling import encode_text

@@ -50,7 +50,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from adapters import inject, loading, sampling, scoring, toyworld as tw  # noqa: E402
+from adapters import inject, loading, sampling, scoring  # noqa: E402
+from toyworld import world as tw  # noqa: E402
 from adapters.injection_report import injection_report  # noqa: E402
 from adapters.loading import read_unet_weights  # noqa: E402
 

@@ -12,7 +12,7 @@ AdamW, MSE on the noise:
   with linear betas); α set through the LoRA layers' ``scaling``.
 
 Then each model generates videos with our sampler (Euler, 8 steps, CFG 1, 32 px, 8 frames, seeds
-0..2) at α = 0, 1 and −1, and the temporal variance of the latents (``adapters.metrics``) is
+0..2) at α = 0, 1 and −1, and the temporal variance of the latents (``adapters.scoring.temporal_variance``) is
 compared with α = 0. The paper: α = 1 freezes the video, α = −1 adds motion. The RATIO line
 divides our change at α = 1 by the reference's (above 1: ours freezes more).
 
@@ -51,12 +51,12 @@ def clips(n, frames, seed=0):
 
 
 def motion_at(model, a, alphas, set_alpha):
-    from adapters import metrics, sampling
+    from adapters import sampling, scoring
     out = {}
     for alpha in alphas:
         m = set_alpha(alpha)
         c, u = sampling.encode_text(m, ["clip 0"], "cpu"), sampling.encode_text(m, [""], "cpu")
-        vals = [metrics.temporal_variance(sampling.sample(m, c, u, seed=s, steps=8, cfg=1.0, width=32, height=32,
+        vals = [scoring.temporal_variance(sampling.sample(m, c, u, seed=s, steps=8, cfg=1.0, width=32, height=32,
                                                           frames=a.frames)) for s in range(a.seeds)]
         out[alpha] = sum(vals) / len(vals)
     return out

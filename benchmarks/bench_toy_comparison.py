@@ -72,9 +72,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from adapters import data, inject, loading, sampling, scoring, toyworld as tw, training  # noqa: E402
+from adapters import data, inject, loading, sampling, scoring, training  # noqa: E402
+from toyworld import world as tw  # noqa: E402
 from adapters.files import unique_path, write_text, write_video  # noqa: E402
-from adapters.fullweights import FullDelta  # noqa: E402
+from toyworld.full_delta import FullDelta  # noqa: E402
 from adapters.motion_adapter import MotionAdapter  # noqa: E402
 from adapters.spatial_adapters import SpatialAdapters  # noqa: E402
 from adapters.video_model import AdapterPatch  # noqa: E402

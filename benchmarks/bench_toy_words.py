@@ -37,8 +37,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters import data, loading, sampling, toyworld as tw  # noqa: E402
-from adapters.training import _noise_schedule  # noqa: E402
+from adapters import data, loading, sampling  # noqa: E402
+from toyworld import world as tw  # noqa: E402
+from adapters.training import noise_schedule  # noqa: E402
 
 FLIP = {"direction": tw.OPPOSITE,
         "colour": {"red": "blue", "blue": "green", "green": "yellow", "yellow": "red"}}
@@ -66,7 +67,7 @@ def measure(vm, n_clips=24, seed=0):
     encoded = data.encode_clips(vm, [data.Clip(tw.to_float(c.frames), c.caption) for c in clips], tw.SIZE, tw.SIZE)
     lat = torch.stack([c.latents for c in encoded])                                     # (B, C, F, h, w)
     b, f = lat.shape[0], lat.shape[2]
-    alphas = _noise_schedule()
+    alphas = noise_schedule()
     true = sampling.encode_text(vm, [c.caption for c in clips], "cpu")
     g = torch.Generator().manual_seed(seed)
     noises = {t: torch.randn(lat.shape, generator=g) for t in TIMESTEPS}
@@ -119,7 +120,7 @@ def first_estimate(vm, n_noises=16, seed=0, timesteps=(999, 700)):
     """Per t: each direction's mean travel along its caption (px) in the decoded x0 from pure
     noise, the share of noises where opposite words give the same sign, and the share whose
     travel is on the caption's axis."""
-    alphas = _noise_schedule()
+    alphas = noise_schedule()
     words = list(FLIP["direction"])
     size = tw.SIZE // vm.vae_scale
     noise = torch.randn(n_noises, vm.unet.config.in_channels, tw.FRAMES, size, size,

@@ -94,7 +94,8 @@ def child(a):
     import torch
     from diffusers import UNet2DConditionModel
 
-    from adapters import loading, memory, random_models
+    from adapters import loading, memory
+    import random_models
     from adapters.data import LatentClip
     from adapters.motion_adapter import MotionAdapter
     from adapters.training import TrainSettings, train

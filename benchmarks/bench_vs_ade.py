@@ -104,7 +104,6 @@ def child(a):
     ckpt, mm = _common.model_paths("real")
     comfy_dir = Path(a.comfyui).resolve()
     base = Path(tempfile.mkdtemp(prefix=f"sm_bench_{a.child}_"))
-    sys.path.insert(0, str(_common.REPO / "scripts"))
     from comfy_host import InProcessComfy, add_model_file, make_base
     make_base(base)
     add_model_file(base, "checkpoints", CKPT_NAME, ckpt)

@@ -73,7 +73,8 @@ def write_file(name):
     """One model file (fp16, atomic); run in a child process, real size needs a few GiB."""
     import torch
 
-    from adapters import export, random_models
+    from adapters import export
+    import random_models
     path = FILES_DIR / name
     if path.exists():
         return
@@ -112,7 +113,7 @@ def kohya_lora(g, rank=8):
     """A kohya LoRA (lora_unet_* names, alpha) on LORA_TARGETS, strong enough to be seen."""
     import torch
 
-    from adapters import random_models
+    import random_models
     with torch.device("meta"):
         from diffusers import UNet2DConditionModel
         unet = UNet2DConditionModel(**random_models.REAL_UNET)
@@ -182,7 +183,6 @@ def run_ade(a, cases, out_dir):
     import torch
     comfy_dir = Path(a.comfyui).resolve()
     base = Path(tempfile.mkdtemp(prefix="sm_compare_ade_"))
-    sys.path.insert(0, str(_common.REPO / "scripts"))
     from comfy_host import InProcessComfy, add_model_file, make_base
     make_base(base)
     for name in (BASE, DREAMBOOTH, LORA):

@@ -26,7 +26,8 @@ KINDS = ("checkpoints", "animatediff_models", "animatediff_motion_lora", "loras"
 def random_models(cache):
     """Random SD1.5-layout checkpoints and a v2 motion module, named as the workflows name them."""
     import torch
-    from adapters import export, random_models as rm
+    from adapters import export
+    import random_models as rm
     names = {"base": "v1-5-pruned-emaonly.safetensors", "custom": "my_dreambooth_subject.safetensors",
              "motion": "mm_sd_v15_v2.ckpt"}
     cache.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ def save_animation(frames, path, fps=6):
 
 
 def scores(frames, prompt):
-    from adapters import toyworld as tw
+    from toyworld import world as tw
     motion = tw.parse_caption(prompt)["motion"] or "still"
     return {"motion_along_caption_px": round(tw.motion_along(frames, motion), 2),
             "displacement_px": round(math.hypot(*tw.displacement(frames)), 2),
@@ -71,7 +71,8 @@ def scores(frames, prompt):
 def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.0, train_steps=120,
         n_stills=8, n_prior=24, motion_scale=-0.5, log=print):
     """Run the demo; returns {"files": [...], "scores": {...}, "seconds": ...}."""
-    from adapters import inject, loading, sampling, toyworld as tw
+    from adapters import inject, loading, sampling
+    from toyworld import world as tw
     from adapters.data import Clip, encode_clips
     from adapters.lowrank import LowRankAdapter
     from adapters.training import TrainSettings, temporal_layers_off, train

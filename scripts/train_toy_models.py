@@ -1,4 +1,4 @@
-"""Train the embedded toy models on the toy world (adapters/toyworld.py), deterministically, on a CPU.
+"""Train the embedded toy models on the toy world (toyworld/world.py), deterministically, on a CPU.
 
 Stages (each cached in --work, so a later stage can be re-run alone):
   1. vae       AutoencoderKL on base-world frames + as many general images (32 px -> 8x8x4
@@ -44,10 +44,12 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-from adapters import export, norms, toyworld as tw  # noqa: E402
+from adapters import export, norms  # noqa: E402
+from toyworld import world as tw  # noqa: E402
 from adapters.files import save_safetensors  # noqa: E402
-from adapters.training import _noise_schedule  # noqa: E402
+from adapters.training import noise_schedule  # noqa: E402
 
 SEED = 1234
 # GroupNorm has 32 groups (SD's convention, which the loader assumes) and normalizes each group's
@@ -398,7 +400,7 @@ def train_t2i(steps, work):
     params = list(unet.parameters())
     ema = EMA(params)
     opt = torch.optim.AdamW(params, lr=LR["t2i"], weight_decay=1e-2)
-    alphas = _noise_schedule()
+    alphas = noise_schedule()
     g = torch.Generator().manual_seed(SEED + 5)
     unet.train()
     for step in range(steps):
@@ -455,7 +457,7 @@ def train_motion(steps, work):
         table = te(ids)[0]
     motion, spatial, opt = video_optimizer(unet, LR["motion"])
     ema = EMA(motion + spatial)
-    alphas = _noise_schedule()
+    alphas = noise_schedule()
     g = torch.Generator().manual_seed(SEED + 7)
     unet.train()
     b, f = BATCH["motion"], lat.shape[2]
@@ -534,7 +536,7 @@ def train_direction(steps, work):
     with torch.no_grad():
         table = te(ids)[0]
     motion, spatial, opt = video_optimizer(unet, LR["direction"])
-    alphas = _noise_schedule()
+    alphas = noise_schedule()
     g = torch.Generator().manual_seed(SEED + 70)
     unet.train()
     b, f = BATCH["motion"], lat.shape[2]
@@ -573,7 +575,7 @@ def train_direction(steps, work):
 # --- writing the files ----------------------------------------------------------------------------
 
 def write_checkpoint(path, unet_sd, te, vae):
-    from adapters.random_models import layout_of
+    from random_models import layout_of
     clip = {(k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in te.state_dict().items()}
     clip = {k: v for k, v in clip.items() if not k.endswith("position_ids")}
     tensors = export.checkpoint_tensors(unet_sd, vae.state_dict(), clip, layout_of(UNET),
@@ -642,7 +644,7 @@ def train_custom(steps, work, lr=LR["custom"], prior_share=0.5):
     torch.manual_seed(SEED + 8)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
     n_prior = round(8 * prior_share)
-    alphas = _noise_schedule()
+    alphas = noise_schedule()
     g = torch.Generator().manual_seed(SEED + 9)
     unet.train()
     for step in range(steps):

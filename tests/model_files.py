@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters import export, random_models
+from adapters import export
+import random_models
 
 
 REPO = Path(__file__).resolve().parent.parent

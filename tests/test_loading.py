@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from adapters import export, keys, loading, norms, random_models
+from adapters import export, keys, loading, norms
+import random_models
 from adapters.errors import ModelFileError
 from adapters.files import read_state_dict
 

@@ -11,7 +11,7 @@ import types
 import pytest
 import torch
 
-from adapters import loading, metrics, sampling, training
+from adapters import loading, sampling, scoring, training
 from adapters.video_model import AdapterPatch
 
 
@@ -33,7 +33,7 @@ STEPS, LR, RANK = 300, 1e-2, 8
 def motion(model, adapter, alpha, seeds=3):
     m = model.with_patch(AdapterPatch(adapter, alpha))
     c, u = sampling.encode_text(m, ["clip 0"], "cpu"), sampling.encode_text(m, [""], "cpu")
-    vals = [metrics.temporal_variance(sampling.sample(m, c, u, seed=s, steps=8, cfg=1.0, width=32, height=32,
+    vals = [scoring.temporal_variance(sampling.sample(m, c, u, seed=s, steps=8, cfg=1.0, width=32, height=32,
                                                       frames=8)) for s in range(seeds)]
     return sum(vals) / len(vals)
 

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from adapters import export, inject, loading, random_models, sampling, toyworld as tw, training
-from adapters.fullweights import FullDelta
+from adapters import export, inject, loading, sampling, training
+import random_models
+from toyworld import world as tw
+from toyworld.full_delta import FullDelta
 from adapters.lowrank import LowRankAdapter, motion_fingerprint
 from adapters.motion_adapter import MotionAdapter
 

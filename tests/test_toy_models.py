@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from adapters import inject, loading, sampling, toyworld as tw, training
+from adapters import inject, loading, sampling, training
+from toyworld import world as tw
 from adapters.lowrank import LowRankAdapter
 
 from model_files import load_script

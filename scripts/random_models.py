@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from . import keys
+from adapters import keys
 
 TINY_UNET = dict(block_out_channels=(32, 64), layers_per_block=2, cross_attention_dim=32,
                  attention_head_dim=8, norm_num_groups=32,
@@ -90,7 +90,7 @@ def sd15_parts(size="tiny", seed=0):
 def motion_module_parts(version="v2", size="tiny", seed=0):
     """Diffusers-named tensors of a random motion module of the given version."""
     from diffusers import UNetMotionModel
-    from .loading import _sinusoid, motion_model_config
+    from adapters.loading import motion_model_config, sinusoid_table
     ucfg = SIZES[size][0]
     mcfg = dict(MOTION[version], block_out_channels=list(ucfg["block_out_channels"]),
                 temporal_transformer_layers_per_block=1, motion_num_attention_heads=8)
@@ -99,7 +99,7 @@ def motion_module_parts(version="v2", size="tiny", seed=0):
     sd = {k: v for k, v in random_state(model, seed).items() if ".motion_modules." in k}
     for name, buf in model.named_buffers():
         if ".motion_modules." in name and name.endswith("pos_embed.pe"):
-            sd[name] = _sinusoid(buf.shape[1], buf.shape[2])
+            sd[name] = sinusoid_table(buf.shape[1], buf.shape[2])
     return sd
 
 

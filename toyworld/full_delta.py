@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelFileError
-from .lowrank import check_fingerprints, module_key, read_adapter_file, spatial_targets, write_adapter_file
-from .spatial_adapters import SpatialAdapters
+from adapters.errors import ModelFileError
+from adapters.lowrank import check_fingerprints, module_key, read_adapter_file, spatial_targets, write_adapter_file
+from adapters.spatial_adapters import SpatialAdapters
 
 FULL = "full"
 
@@ -83,7 +83,7 @@ class FullDelta(nn.Module):
 
     def apply(self, model, scale=1.0):
         """``model`` with the fine-tuned weights injected (its current T2I weights + delta)."""
-        from .video_model import T2I, ReplaceWeights
+        from adapters.video_model import T2I, ReplaceWeights
         params = dict(model.unet.named_parameters())
         tensors = {}
         with model.patched((T2I,)), torch.no_grad():
