@@ -31,8 +31,12 @@ from pathlib import Path
 
 KINDS = ("motion", "spatial")
 TOP_KEYS = {"kind", "checkpoint", "motion_module", "tokenizer", "inject", "motion_adapter", "videos", "stills",
-            "width", "height", "out", "resume", "settings"}
+            "width", "height", "out", "resume", "settings", "check"}
 SPATIAL_ONLY = ("inject", "motion_adapter", "stills")
+# kind "motion": after training, short videos at α = 0 and 1 show whether the adapter freezes video
+# (prompts default to the videos' captions); "check": false skips it
+CHECK = {"prompts": (list, None), "seeds": (list, [1000, 1001]), "steps": (int, 10), "cfg": (float, 7.5),
+         "frames": (int, None)}
 # sub-key -> (type, default); a default of ... means required
 VIDEOS = {"folder": (str, ...), "frames": (int, None), "stride": (int, 1), "caption": (str, ""),
           "max_side": (int, 1024)}
@@ -85,6 +89,20 @@ def _section(cfg, d, schema, where):
     return out
 
 
+def _check_section(cfg, d, kind):
+    if d is False or kind != "motion":
+        if d not in (None, False):
+            raise ConfigError(cfg, "'check' applies to kind \"motion\" only (it checks the Motion Adapter freezes).")
+        return None
+    sec = _section(cfg, d or {}, CHECK, "check")
+    for key, item in (("prompts", str), ("seeds", int)):
+        for i, v in enumerate(sec[key] or []):
+            _typed(cfg, v, item, f"check.{key}[{i}]")
+    if sec["seeds"] == [] or sec["prompts"] == []:
+        raise ConfigError(cfg, "check.prompts and check.seeds may not be empty lists (leave a key out for its default).")
+    return sec
+
+
 def _path(cfg, value, where, need="file"):
     """A path from the config, relative to the config's folder, that must exist as ``need``
     (file, dir, any: a file or a diffusers folder; None: may not exist yet)."""
@@ -103,7 +121,8 @@ def _settings(cfg, d):
     from .training import TrainSettings
     fields = {f.name: type(f.default) for f in dataclasses.fields(TrainSettings)}
     _keys(cfg, d, fields, "settings")
-    s = TrainSettings(**{k: _typed(cfg, v, fields[k], f"settings.{k}") for k, v in d.items() if not k.startswith("_")})
+    s = TrainSettings.from_inputs({k: _typed(cfg, v, fields[k], f"settings.{k}") for k, v in d.items()
+                                   if not k.startswith("_")})
     try:
         s.validate()
     except ValueError as e:
@@ -145,7 +164,7 @@ def read_config(path):
         wrong = [k for k in SPATIAL_ONLY if raw.get(k) is not None]
         raise ConfigError(cfg, f"{', '.join(map(repr, wrong))} only apply to kind \"spatial\": the Motion Adapter "
                           "trains on the plain (non-customized) video model.")
-    job = {"config": cfg, "kind": kind, "settings": settings,
+    job = {"config": cfg, "kind": kind, "settings": settings, "check": _check_section(cfg, raw.get("check"), kind),
            "checkpoint": _path(cfg, raw["checkpoint"], "checkpoint", "any"),
            "motion_module": _path(cfg, raw["motion_module"], "motion_module", "any"),
            "out": _path(cfg, raw["out"], "out", None),
@@ -253,7 +272,7 @@ def _load(job, say):
 def train(job, device=None):
     """Run one config; returns the process exit code (0, or 130 after Ctrl-C)."""
     from tqdm import tqdm
-    from . import data, training
+    from . import training
     from .files import read_metadata, unique_path
     s = job["settings"]
     acc = make_accelerator(device, s.mixed_precision)
@@ -282,12 +301,11 @@ def train(job, device=None):
             say("note: no 'videos' given, so no prior preservation (paper §3.3): training on the stills only.")
         with model.on_device(acc.device):
             say(f"encoding {len(custom) + len(prior)} clips at {job['width']}x{job['height']}")
-            custom_l = data.encode_clips(model.vae, custom, job["width"], job["height"])
-            prior_l = data.encode_clips(model.vae, prior, job["width"], job["height"]) if prior else []
             bar = tqdm(total=s.steps, initial=start, unit="step", disable=not main, dynamic_ncols=True)
-            result = training.train(model, job["kind"], s, path, custom_clips=custom_l, prior_clips=prior_l,
-                                    motion_adapter=motion, resume=job["resume"], callback=progress,
-                                    metadata={"processes": acc.num_processes}, accelerator=acc)
+            result = training.train_on_clips(model, job["kind"], s, path, custom, prior, width=job["width"],
+                                             height=job["height"], motion_adapter=motion, resume=job["resume"],
+                                             callback=progress, metadata={"processes": acc.num_processes},
+                                             accelerator=acc)
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -300,7 +318,21 @@ def train(job, device=None):
     last = [loss for _, loss, _ in result.losses[-10:]]
     say(f"saved {result.path}\n  steps {result.step}, {result.seconds:.1f} s training ({time.time() - t0:.1f} s with "
         f"loading), mean loss of the last {len(last)} steps {sum(last) / max(1, len(last)):.5f}")
+    if job["check"] and main:
+        check = _freeze_check(job, model, result.adapter, custom, acc.device)
+        say(check.summary())
     return 0
+
+
+def _freeze_check(job, model, adapter, videos, device):
+    """The Motion Adapter's freeze check on the config's prompts (default: the videos' captions)."""
+    from .motion_adapter import check_freezes
+    c = job["check"]
+    prompts = c["prompts"] or list(dict.fromkeys(v.caption for v in videos))[:2]
+    with model.on_device(device):
+        return check_freezes(model, adapter, prompts, seeds=c["seeds"], steps=c["steps"], cfg=c["cfg"],
+                             width=job["width"], height=job["height"], frames=c["frames"] or job["settings"].frames,
+                             device=device)
 
 
 def dry_run(job, device=None):

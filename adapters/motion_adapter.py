@@ -7,8 +7,15 @@ makes static videos; at inference α is a motion slider: 0 = the model's own mot
 < 0 = more motion. Spatial Adapters train with it at α = 1 on the customized stills, so they
 learn appearance rather than stillness.
 """
+from dataclasses import dataclass
+
 from .lowrank import WeightLoRA, motion_targets
 from .training import TrainingRecipe
+
+# A Motion Adapter "freezes" when α = 1 keeps at most this share of the frame-to-frame change
+# the model makes on its own (α = 0); a few sampling steps leave some flicker even in still
+# videos. Spatial Adapters trained against one that does not freeze learn to damp motion.
+FREEZE_LIMIT = 0.25
 
 
 class MotionAdapter(WeightLoRA):
@@ -21,3 +28,54 @@ class MotionAdapter(WeightLoRA):
     @classmethod
     def default_targets(cls, model):
         return motion_targets(model.unet)
+
+
+@dataclass
+class FreezeCheck:
+    """The motion of short generated videos with the Motion Adapter at α = 0 (the model's own)
+    and α = 1 (which should be still): mean absolute change between consecutive frames."""
+    motion: dict          # α -> mean frame difference over the prompts and seeds
+    prompts: tuple
+    seeds: tuple
+    steps: int
+    limit: float = FREEZE_LIMIT
+
+    @property
+    def share(self):
+        """How much of the model's own motion α = 1 leaves (0 = frozen, 1 = no effect)."""
+        return self.motion[1.0] / max(self.motion[0.0], 1e-12)
+
+    @property
+    def freezes(self):
+        return self.share <= self.limit
+
+    def summary(self):
+        where = f"{len(self.prompts)} prompt(s) x {len(self.seeds)} seed(s), {self.steps} steps"
+        head = (f"Motion Adapter check ({where}): at α = 1 the videos keep {100 * self.share:.0f} % of the "
+                f"model's own motion (frame difference {self.motion[1.0]:.4f} vs {self.motion[0.0]:.4f} at α = 0).")
+        if self.freezes:
+            return head + " It freezes video: ready for Train Spatial Adapters."
+        return (head + f"\nWARNING: this Motion Adapter does not freeze video (more than {100 * self.limit:.0f} % "
+                "of the motion is left). Spatial Adapters trained with it would learn to damp motion. Resume it "
+                "for more steps, or train again with a higher learning rate or rank.")
+
+
+def check_freezes(model, adapter, prompts, *, seeds=(1000, 1001), steps=10, cfg=7.5, width=256, height=256,
+                  frames=16, device="cpu", should_stop=None):
+    """Sample each prompt and seed at α = 0 and α = 1 and compare their motion (``FreezeCheck``).
+    Use prompts and seeds the adapter was not trained on; ``should_stop()`` ends it early (None)."""
+    from . import sampling, scoring
+    prompts = tuple(dict.fromkeys(prompts)) or ("",)
+    motion = {}
+    for alpha in (0.0, 1.0):
+        m = adapter.add_to(model, alpha, source="Motion Adapter check") if alpha else model
+        values = []
+        for prompt in prompts:
+            for seed in seeds:
+                if should_stop is not None and should_stop():
+                    return None
+                video = sampling.text_to_video(m, prompt, device=device, seed=seed, steps=steps, cfg=cfg,
+                                               width=width, height=height, frames=frames)
+                values.append(scoring.frame_difference(video))
+        motion[alpha] = sum(values) / len(values)
+    return FreezeCheck(motion, prompts, tuple(seeds), steps)

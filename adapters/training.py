@@ -7,6 +7,7 @@ timesteps from a generator seeded by (seed, step), so a run resumed from a saved
 exactly as the uninterrupted run would have.
 """
 import contextlib
+import dataclasses
 import math
 import re
 import time
@@ -57,6 +58,17 @@ class TrainSettings:
     # customization (docs in benchmarks/README.md, toy comparison)
     caption_dropout: float = 0.0
 
+    @classmethod
+    def from_inputs(cls, values, where="settings"):
+        """Settings from a mapping of field names (node inputs, a config's settings section);
+        a name that is not a setting is refused, so nothing given is dropped."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"{where}: unknown training setting(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(fields))}")
+        return cls(**values)
+
     def validate(self):
         if self.steps < 1 or self.batch < 1 or self.frames < 1 or self.rank < 1:
             raise ValueError("steps, batch, frames and rank must be at least 1")
@@ -90,6 +102,16 @@ def noise_schedule(dtype=torch.float32):
     """Cumulative alphas of AnimateDiff's training: linear betas 0.00085 -> 0.012 over 1000 steps."""
     betas = torch.linspace(0.00085, 0.012, 1000, dtype=torch.float64)
     return torch.cumprod(1 - betas, 0).to(dtype)
+
+
+def train_on_clips(model, adapter_cls, settings, path, custom, prior=(), *, width, height, **train_kw):
+    """Encode pixel clips (``data.Clip``) with the model's VAE at ``width`` x ``height``, then
+    ``train`` on them: the one path from clips to an adapter for the nodes, the CLI and the demo."""
+    from .data import encode_clips
+    with torch.no_grad():
+        custom_l = encode_clips(model.vae, custom, width, height)
+        prior_l = encode_clips(model.vae, prior, width, height) if prior else []
+    return train(model, adapter_cls, settings, path, custom_clips=custom_l, prior_clips=prior_l, **train_kw)
 
 
 def clip_latents(clip, frames, frozen, g):

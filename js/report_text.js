@@ -1,11 +1,14 @@
 // Shows a Still-Moving node's text result (its {"ui": {"text": [...]}}) on the node itself, in a
-// read-only box, as ComfyUI's own Preview Any does: the injection report's table.
+// read-only box, as ComfyUI's own Preview Any does: the injection report's table, the Motion
+// Adapter trainer's check.
 import { app } from "../../scripts/app.js";
 
-const TEXT_NODES = new Set(["SM_InjectionReport"]);
+// node -> [height of the box in pixels, whether it may grow with the node]; the trainer's box
+// stays small so the loss plot under it keeps its place
+const TEXT_NODES = new Map([["SM_InjectionReport", [260, true]], ["SM_TrainMotionAdapter", [80, false]]]);
 const WIDGET = "sm_text_result";
 
-function showText(node, text) {
+function showText(node, text, [height, grows]) {
   let widget = node.widgets?.find((w) => w.name === WIDGET);
   if (!widget) {
     const box = document.createElement("textarea");
@@ -17,14 +20,15 @@ function showText(node, text) {
       getValue: () => box.value,
       setValue: (v) => { box.value = v; },
       serialize: false,
-      getMinHeight: () => 260,  // room for the table without scrolling
+      getMinHeight: () => height,  // room for the text without scrolling
+      getMaxHeight: () => (grows ? 100000 : height),
     });
     widget.serialize = false;  // a result, not an input: never sent back with the prompt
     widget.box = box;
   }
   widget.box.value = text;
   const [w, h] = node.computeSize();
-  node.setSize([Math.max(node.size[0], 560, w), Math.max(node.size[1], h + 260)]);
+  node.setSize([Math.max(node.size[0], 560, w), Math.max(node.size[1], h + height)]);
   node.setDirtyCanvas(true, true);
 }
 
@@ -36,7 +40,7 @@ app.registerExtension({
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
       const text = message?.text;
-      if (text?.length) showText(this, Array.isArray(text) ? text.join("\n") : String(text));
+      if (text?.length) showText(this, Array.isArray(text) ? text.join("\n") : String(text), TEXT_NODES.get(nodeData.name));
     };
   },
 });

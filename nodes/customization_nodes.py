@@ -98,12 +98,6 @@ class AttachTemporalLoRA(_Attach):
                    "temporal LoRAs, Spatial Adapters and an injected customized checkpoint.")
 
 
-def _settings(steps, learning_rate, rank, batch, frames, seed, mixed_precision, gradient_checkpointing, save_every,
-              **extra):
-    return training.TrainSettings(steps, learning_rate, rank, batch, frames, seed, mixed_precision,
-                                  gradient_checkpointing, save_every, **extra)
-
-
 class TrainSubjectModule(Trainer):
     @classmethod
     def INPUT_TYPES(cls):
@@ -127,13 +121,9 @@ class TrainSubjectModule(Trainer):
                    "learns a new token; this node does not: use a rare word in the captions. Paper: lr 3e-5 for 10k "
                    "steps; these defaults are shorter and not tuned. Saved to models/still_moving/subject/.")
 
-    def train(self, video_model, reference_images, steps, learning_rate, rank, batch, frames, width, height, seed,
-              mixed_precision, gradient_checkpointing, save_every, name, prior_ratio, prior_images=None,
-              resume_from="none", unique_id=None):
-        s = _settings(steps, learning_rate, rank, batch, frames, seed, mixed_precision, gradient_checkpointing,
-                      save_every, prior_ratio=prior_ratio)
-        return self._train(SubjectModule, video_model, reference_images, list(prior_images or []), None, s,
-                           width, height, name, resume_from, unique_id)
+    def train(self, video_model, reference_images, prior_images=None, **inputs):
+        return self.outputs(self._train(SubjectModule, video_model, reference_images, list(prior_images or []), None,
+                                        inputs))
 
 
 class TrainAppearanceAbsorber(Trainer):
@@ -152,12 +142,8 @@ class TrainAppearanceAbsorber(Trainer):
                    "Temporal LoRA; it is not used at inference. Defaults are not from the paper (unpublished). "
                    "Saved to models/still_moving/absorber/.")
 
-    def train(self, video_model, reference_video, steps, learning_rate, rank, batch, frames, width, height, seed,
-              mixed_precision, gradient_checkpointing, save_every, name, resume_from="none", unique_id=None):
-        s = _settings(steps, learning_rate, rank, batch, frames, seed, mixed_precision, gradient_checkpointing,
-                      save_every)
-        return self._train(AppearanceAbsorber, video_model, reference_video, [], None, s, width, height, name,
-                           resume_from, unique_id)
+    def train(self, video_model, reference_video, **inputs):
+        return self.outputs(self._train(AppearanceAbsorber, video_model, reference_video, [], None, inputs))
 
 
 class TrainTemporalLoRA(Trainer):
@@ -177,14 +163,9 @@ class TrainTemporalLoRA(Trainer):
                    "the reference video with the absorber frozen. Defaults follow MotionDirector's public recipe "
                    "(rank 32, lr 5e-4), not tuned here. Saved to models/still_moving/temporal/.")
 
-    def train(self, video_model, reference_video, steps, learning_rate, rank, batch, frames, width, height, seed,
-              mixed_precision, gradient_checkpointing, save_every, name, absorber=None, resume_from="none",
-              unique_id=None):
-        s = _settings(steps, learning_rate, rank, batch, frames, seed, mixed_precision, gradient_checkpointing,
-                      save_every)
+    def train(self, video_model, reference_video, absorber=None, **inputs):
         model = video_model
         if absorber is not None:  # merged: folded into the weights for the run, nothing of it trains
             model = customize.with_absorber(video_model, absorber)
-        return self._train(TemporalLoRA, model, reference_video, [], None, s, width, height, name,
-                           resume_from, unique_id)
+        return self.outputs(self._train(TemporalLoRA, model, reference_video, [], None, inputs))
 

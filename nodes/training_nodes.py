@@ -4,10 +4,11 @@ from pathlib import Path
 import comfy.model_management as mm
 import comfy.utils
 import folder_paths
+import torch
 
 from ..adapters import data, lowrank, training
 from ..adapters.files import safe_child
-from ..adapters.motion_adapter import MotionAdapter
+from ..adapters.motion_adapter import MotionAdapter, check_freezes
 from ..adapters.spatial_adapters import SpatialAdapters
 from . import comfy_glue, paths
 from .adapter_nodes import ADAPTER
@@ -99,15 +100,17 @@ class Trainer:
         """A resumed run re-runs when the file it resumes from changes."""
         return "none" if resume_from in (None, "none") else paths.fingerprint("still_moving", resume_from)
 
-    def _train(self, cls, video_model, custom, prior, motion_adapter, s, width, height, name, resume_from,
-               unique_id):
-        """Encode the clips and train an adapter of class ``cls`` into models/still_moving/<kind>/."""
-        import numpy as np
-        import torch
+    def _train(self, cls, video_model, custom, prior, motion_adapter, inputs):
+        """Encode the clips and train an adapter of class ``cls`` into models/still_moving/<kind>/;
+        ``inputs``: the node's settings inputs (``settings_inputs``), name, resume_from, unique_id."""
         from server import PromptServer
+        inputs = dict(inputs)
+        name, resume_from = inputs.pop("name"), inputs.pop("resume_from", "none")
+        unique_id, width, height = inputs.pop("unique_id", None), inputs.pop("width"), inputs.pop("height")
+        s = training.TrainSettings.from_inputs(inputs, f"{cls.__name__} node")
         device = comfy_glue.device()
         comfy_glue.make_room()
-        resume = None if resume_from == "none" else comfy_glue_full_path(resume_from)
+        resume = None if resume_from in (None, "none") else comfy_glue_full_path(resume_from)
         bar = comfy.utils.ProgressBar(s.steps)
 
         def callback(step, total, loss, source):
@@ -119,16 +122,19 @@ class Trainer:
         # inference mode (the loaded weights, the clips) cannot take part in it.
         with torch.inference_mode(False), torch.enable_grad(), video_model.on_device(device):
             comfy_glue.leave_inference_mode(video_model, motion_adapter)
-            with torch.no_grad():
-                custom_l = data.encode_clips(video_model.vae, _plain(custom), width, height)
-                prior_l = data.encode_clips(video_model.vae, _plain(prior), width, height) if prior else []
-            result = training.train(
-                video_model, cls, s, _out_path(cls.kind, name), custom_clips=custom_l, prior_clips=prior_l,
-                motion_adapter=motion_adapter, resume=resume, device=device, callback=callback,
+            result = training.train_on_clips(
+                video_model, cls, s, _out_path(cls.kind, name), _plain(custom), _plain(prior), width=width,
+                height=height, motion_adapter=motion_adapter, resume=resume, device=device, callback=callback,
                 should_stop=mm.processing_interrupted)
+        mm.throw_exception_if_processing_interrupted()  # Cancel: saved above, now stop the graph
+        return result
+
+    @staticmethod
+    def outputs(result):
+        """The node's outputs: the adapter, its path and the loss curve as an image."""
+        import numpy as np
         curve = training.loss_curve_image(result.losses)
         image = torch.from_numpy(np.asarray(curve, dtype=np.float32) / 255.0)[None]
-        mm.throw_exception_if_processing_interrupted()  # Cancel: saved above, now stop the graph
         return (result.adapter, str(result.path), image)
 
 
@@ -151,12 +157,23 @@ class TrainMotionAdapter(Trainer):
                    "later lets Spatial Adapters learn from still images. Train it once per motion module (paper "
                    "§3.2); saved to models/still_moving/motion/.")
 
-    def train(self, video_model, videos, steps, learning_rate, rank, batch, frames, width, height, seed,
-              mixed_precision, gradient_checkpointing, save_every, name, resume_from="none", unique_id=None):
-        s = training.TrainSettings(steps, learning_rate, rank, batch, frames, seed, mixed_precision,
-                                   gradient_checkpointing, save_every)
-        return self._train(MotionAdapter, video_model, videos, [], None, s, width, height, name,
-                           resume_from, unique_id)
+    RETURN_TYPES = Trainer.RETURN_TYPES + ("STRING",)
+    RETURN_NAMES = Trainer.RETURN_NAMES + ("check",)
+    OUTPUT_TOOLTIPS = Trainer.OUTPUT_TOOLTIPS + (
+        "The check after training: how much of the model's own motion the adapter leaves at α = 1 (it should "
+        "freeze video), with a warning when it does not.",)
+
+    def train(self, video_model, videos, **inputs):
+        result = self._train(MotionAdapter, video_model, videos, [], None, inputs)
+        # the check: the training clips' captions at seeds no training step used
+        device = comfy_glue.device()
+        prompts = list(dict.fromkeys(c.caption for c in videos))[:2]
+        with torch.no_grad(), video_model.on_device(device):
+            check = check_freezes(video_model, result.adapter, prompts, width=inputs["width"], height=inputs["height"],
+                                  frames=inputs["frames"], device=device, should_stop=mm.processing_interrupted)
+        mm.throw_exception_if_processing_interrupted()
+        text = check.summary()
+        return {"ui": {"text": [text]}, "result": self.outputs(result) + (text,)}
 
 
 class TrainSpatialAdapters(Trainer):
@@ -189,12 +206,7 @@ class TrainSpatialAdapters(Trainer):
     DESCRIPTION = ("Trains Spatial Adapters for an injected customized model, so it keeps its look and moves "
                    "naturally (paper §3.3); saved to models/still_moving/spatial/.")
 
-    def train(self, video_model, motion_adapter, customized_stills, prior_videos, steps, learning_rate, rank, batch,
-              frames, width, height, seed, mixed_precision, gradient_checkpointing, save_every, name, prior_ratio,
-              target_layers, interleaved, resume_from="none", caption_dropout=0.0, unique_id=None):
-        s = training.TrainSettings(steps, learning_rate, rank, batch, frames, seed, mixed_precision,
-                                   gradient_checkpointing, save_every, prior_ratio=prior_ratio,
-                                   interleaved=interleaved, target_mode=target_layers,
-                                   caption_dropout=caption_dropout)
-        return self._train(SpatialAdapters, video_model, customized_stills, prior_videos, motion_adapter,
-                           s, width, height, name, resume_from, unique_id)
+    def train(self, video_model, motion_adapter, customized_stills, prior_videos, target_layers, **inputs):
+        inputs["target_mode"] = target_layers
+        return self.outputs(self._train(SpatialAdapters, video_model, customized_stills, prior_videos, motion_adapter,
+                                        inputs))

@@ -229,7 +229,7 @@ def train_motion_adapter():
     vids = prior_clips(g, 1, "a dog running on the beach\na car driving through a city at night\n"
                              "waves crashing on rocks\na person walking in a park")
     train = g.node("SM_TrainMotionAdapter", 2, training(2000, 1e-4, 8, 500, "motion_adapter") + [("resume_from", "none")],
-                   inputs=[VM, ("videos", "SM_CLIPS")], outputs=TRAIN_OUT)
+                   inputs=[VM, ("videos", "SM_CLIPS")], outputs=TRAIN_OUT + [("check", "STRING")])
     prev = g.node("PreviewImage", 3, inputs=[("images", "IMAGE")], title="Loss curve")
     g.link(load, 0, vids, "video_model")
     g.link(load, 0, train, "video_model")

@@ -79,7 +79,7 @@ MOTION = dict(motion_layers_per_block=1, motion_max_seq_length=32, use_motion_mi
 # The shipped weights used these full-run numbers; a machine with time to spare gets better models
 # from larger ones (the VAE above all: 400 steps leave it blurry, see embedded/README.md).
 STEPS = {"vae": (600, 20), "vae_decoder": (300, 5), "text": (400, 10), "t2i": (2500, 20), "motion": (2500, 20),
-         "direction": (600, 6), "adapter": (100, 5), "custom": (400, 10)}
+         "direction": (600, 6), "adapter": (400, 5), "custom": (400, 10)}
 LR = {"vae": 1e-3, "vae_decoder": 5e-4, "text": 3e-3, "t2i": 1e-3, "motion": 1e-3, "video_t2i": 3e-4, "direction": 3e-4,
       "custom": 3e-4}
 DIRECTION_T_MIN = 800   # the word-only pairs' noise levels: where the noisy input hardly shows the clip
@@ -89,6 +89,12 @@ OFFSET_NOISE = 0.1
 EVAL_PROMPTS = [tw.caption(c, s, m) for c, s, m in (("red", "circle", "left"), ("blue", "circle", "right"),
                                                      ("green", "circle", "up"), ("yellow", "circle", "down"),
                                                      ("blue", "circle", "still"))]
+
+# Base-world prompts other than EVAL_PROMPTS, sampled at seeds used nowhere else: the Motion
+# Adapter's check and its slider.
+HELD_OUT_PROMPTS = [tw.caption(c, s, m) for c, s, m in (("green", "circle", "left"), ("yellow", "circle", "right"),
+                                                         ("red", "circle", "up"), ("blue", "circle", "down"))]
+HELD_OUT_SEEDS = (1000, 1001)
 
 
 def log(*a):
@@ -609,8 +615,11 @@ def unpack_files(work, out):
 # --- 4. Motion Adapter (the pack's trainer on the shipped files) ----------------------------------
 
 def train_adapter(steps, work, out):
+    """The pack's Motion Adapter trainer on frozen toy clips, then its freeze check and the motion
+    slider on base prompts and seeds it was not trained on."""
     from adapters import loading
     from adapters.data import LatentClip
+    from adapters.motion_adapter import MotionAdapter, check_freezes
     from adapters.training import TrainSettings, train
     vae = load_vae(work)
     lat, caps = world_latents(work, vae)
@@ -618,12 +627,25 @@ def train_adapter(steps, work, out):
     vm = loading.load_video_model(out / tw.MODEL_FILES["base"], out / tw.MODEL_FILES["motion"])
     tmp = work / "adapter"
     shutil.rmtree(tmp, ignore_errors=True)
-    settings = TrainSettings(steps=steps, learning_rate=1e-3, rank=4, batch=2, frames=lat.shape[2], seed=SEED)
-    res = train(vm, "motion", settings, tmp / tw.MODEL_FILES["adapter"], custom_clips=clips,
+    settings = TrainSettings(steps=steps, learning_rate=1e-3, rank=8, batch=2, frames=lat.shape[2], seed=SEED)
+    res = train(vm, MotionAdapter, settings, tmp / tw.MODEL_FILES["adapter"], custom_clips=clips,
                 metadata={"trained_by": "scripts/train_toy_models.py", "data": "toy world clips (frozen)"})
+    check = check_freezes(vm, res.adapter, HELD_OUT_PROMPTS[:2], cfg=4.0, width=tw.SIZE, height=tw.SIZE,
+                          frames=tw.FRAMES)
+    log("  " + check.summary())
+    travel, speed = {}, {}
+    for alpha in (-1.0, -0.5, 0.0, 0.5, 1.0):
+        m = res.adapter.add_to(vm, alpha) if alpha else vm
+        centres = [tw.locate(generate(m, p, s))[0] for p in HELD_OUT_PROMPTS for s in HELD_OUT_SEEDS]
+        travel[alpha] = round(float(np.mean([np.hypot(*(c[-1] - c[0])) for c in centres])), 2)
+        speed[alpha] = round(float(np.mean([np.linalg.norm(np.diff(c, axis=0), axis=1).mean() for c in centres])), 2)
+        log(f"  α = {alpha:+.1f}: travel {travel[alpha]} px, speed {speed[alpha]} px/frame (held-out prompts, seeds)")
     (out / tw.MODEL_FILES["adapter"]).unlink(missing_ok=True)
     shutil.copyfile(res.path, out / tw.MODEL_FILES["adapter"])
-    return {"final_loss": round(float(np.mean([l for _, l, _ in res.losses[-20:]])), 4)}
+    return {"final_loss": round(float(np.mean([l for _, l, _ in res.losses[-20:]])), 4), "rank": settings.rank,
+            "learning_rate": settings.learning_rate, "check_share": round(check.share, 3),
+            "check_freezes": check.freezes, "travel_px_by_alpha": {str(a): v for a, v in travel.items()},
+            "speed_px_by_alpha": {str(a): v for a, v in speed.items()}}
 
 
 # --- 5. DreamBooth-style customization ------------------------------------------------------------

@@ -195,7 +195,7 @@ def test_each_kind_is_its_own_class_and_files_load_as_it(models, tmp_path):
         back.check(model, path)
         assert cls.recipe is not None and cls.default_targets(model) == fresh.targets
     shipped = LowRankAdapter.load(Path(__file__).resolve().parent.parent / "embedded" / "toy_motion_adapter.safetensors")
-    assert type(shipped) is MotionAdapter and shipped.rank == 4
+    assert type(shipped) is MotionAdapter and shipped.rank == 8
     with pytest.raises(TypeError, match="shared base"):
         LowRankAdapter({}, 2)
     with pytest.raises(ValueError, match="unknown adapter kind 'nope'"):

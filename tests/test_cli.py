@@ -78,6 +78,9 @@ def motion_file(tmp_path_factory, tiny_files, media):
     assert run.returncode == 0, run.stderr
     path = folder / "out" / "motion.safetensors"  # relative to the config file
     assert f"saved {path}" in run.stdout and "steps 3" in run.stdout and "mean loss of the last 3 steps" in run.stdout
+    # the freeze check on the videos' caption: 3 steps cannot freeze video, and the CLI says so
+    assert "Motion Adapter check (2 prompt(s) x 2 seed(s), 10 steps)" in run.stdout, run.stdout
+    assert "WARNING: this Motion Adapter does not freeze video" in run.stdout
     return path
 
 
@@ -110,6 +113,9 @@ def test_train_spatial_with_motion_adapter_and_injection(tmp_path, tiny_files, m
     ({"videos": {"folder": "no/such/folder"}}, "videos.folder 'no/such/folder' not found"),
     ({"videos": None}, "missing 'videos'"),
     ({"inject": {"checkpoint": "x.safetensors"}}, "only apply to kind \"spatial\""),
+    ({"check": {"steps": "ten"}}, "check.steps must be an integer"),
+    ({"check": {"prompts": ["a dog", 3]}}, r"check.prompts\[1\] must be a string"),
+    ({"check": {"seeds": []}}, "may not be empty lists"),
 ])
 def test_bad_config_names_the_config(tmp_path, tiny_files, media, change, message):
     cfg = _motion_cfg(tmp_path, tiny_files, media, steps=1, **change)

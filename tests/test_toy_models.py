@@ -12,6 +12,7 @@ import torch
 from adapters import inject, loading, sampling, training
 from toyworld import world as tw
 from adapters.lowrank import LowRankAdapter
+from adapters.motion_adapter import check_freezes
 
 from model_files import load_script
 
@@ -62,6 +63,29 @@ def test_shipped_models_are_detected_like_user_files(toy_model):
 def _video(model, prompt, seed, frames=tw.FRAMES):
     return sampling.text_to_video(model, prompt, seed=seed, steps=20, cfg=4.0, width=tw.SIZE, height=tw.SIZE,
                                   frames=frames)
+
+
+def test_shipped_motion_adapter_freezes_and_slides(toy_model):
+    """The shipped Motion Adapter on base prompts and seeds it was not trained on: at α = 1 the
+    subject stays put (under 1 px of travel), the pack's check says it freezes, and the mean speed
+    falls as α goes from -1 to 1 (the motion slider)."""
+    adapter = LowRankAdapter.load(EMBEDDED / FILES["adapter"], "motion")
+    prompts = ("a green circle moving left", "a red circle moving up")
+    speed, travel = {}, {}
+    for alpha in (-1.0, 0.0, 1.0):
+        m = adapter.add_to(toy_model, alpha) if alpha else toy_model
+        centres = [tw.locate(_video(m, p, s))[0] for p in prompts for s in (1000, 1001)]
+        travel[alpha] = np.mean([np.hypot(*(c[-1] - c[0])) for c in centres])
+        speed[alpha] = np.mean([np.linalg.norm(np.diff(c, axis=0), axis=1).mean() for c in centres])
+    assert travel[1.0] < 1.0 < 8.0 < travel[0.0], travel
+    assert speed[-1.0] > speed[0.0] > speed[1.0], speed
+    check = check_freezes(toy_model, adapter, prompts, cfg=4.0, width=tw.SIZE, height=tw.SIZE, frames=tw.FRAMES)
+    assert check.freezes, check.summary()
+    with torch.no_grad():  # the same adapter at a quarter of its strength leaves motion: the check warns
+        for p in adapter.up.values():
+            p.mul_(0.25)
+    weak = check_freezes(toy_model, adapter, prompts, cfg=4.0, width=tw.SIZE, height=tw.SIZE, frames=tw.FRAMES)
+    assert not weak.freezes and weak.share > check.share and "WARNING" in weak.summary(), weak.summary()
 
 
 def test_shipped_models_generate_moving_clips(toy_model):
