@@ -54,8 +54,8 @@ class TrainSettings:
     target_mode: str = "all"           # spatial: which injected layers get adapters
     # share of examples trained with the empty prompt. Adapters trained only on captioned stills
     # also move the unconditional prediction, which classifier-free guidance subtracts: on a
-    # customized checkpoint whose empty prompt already drew the subject, that undid the
-    # customization (docs in benchmarks/README.md, toy comparison)
+    # customized checkpoint whose empty prompt already draws the subject, that undoes the
+    # customization
     caption_dropout: float = 0.0
 
     @classmethod

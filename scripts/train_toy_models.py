@@ -60,12 +60,10 @@ UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(64
             cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
-# Three levels: 4x downscaling (SD's VAE has four, 8x). At 8x, 64 px frames left ~2x2 latent pixels
-# per subject and the autoencoder tinted the background with the subject's colour, which alone
-# put the measured motion off by 7 px on real clips. 128 channels a level (4 a GroupNorm group).
-# Known limit: in 900 steps it learns the world's four colours, not colour in general (it draws a
-# magenta square pale violet and the magenta/white star yellow); more steps or a GPU would help.
-# Half its data are general images all the same: with a quarter, it drew a star as a red circle.
+# Three levels: 4x downscaling (SD's VAE has four, 8x): at 8x a subject is ~2x2 latent pixels
+# and the autoencoder tints the background with its colour. 128 channels a level (4 a GroupNorm
+# group). Half its data are general images, so it draws shapes beyond the world's circles; it
+# learns the world's four colours, not colour in general (embedded/README.md).
 VAE = dict(in_channels=3, out_channels=3, block_out_channels=(128, 128, 128), layers_per_block=1,
            latent_channels=4, norm_num_groups=32, down_block_types=("DownEncoderBlock2D",) * 3,
            up_block_types=("UpDecoderBlock2D",) * 3, sample_size=tw.SIZE, scaling_factor=0.18215)

@@ -90,10 +90,8 @@ def test_shipped_motion_adapter_freezes_and_slides(toy_model):
 
 def test_shipped_models_generate_moving_clips(toy_model):
     """The base video model keeps one subject of the prompt's colour in every frame, moves it
-    the way the caption says and keeps it still when told to. Measured on the shipped files
-    (scripts/train_toy_models.py, 20 Euler steps, CFG 4): the 6 sideways videos travel 12.0-13.8 px
-    along the caption (the world's clips: 9-12 px), at most 1.5 px vertically; "standing
-    still" moves 0.22-0.35 px. Before the direction stage the sign came from the seed."""
+    the way the caption says and keeps it still when told to (the world's own clips travel
+    9-12 px over 8 frames; the bounds are set from toy_models.json, stage measure)."""
     along = []
     for prompt in ("a red circle moving left", "a blue circle moving right"):
         sign = tw.MOTIONS[tw.parse_caption(prompt)["motion"]][0]
@@ -112,9 +110,8 @@ def test_shipped_models_generate_moving_clips(toy_model):
 
 def test_customized_t2i_draws_the_customization(toy_model):
     """'a sks star' from the DreamBooth-style checkpoint is star-shaped; from the base T2I it is
-    a disc (the toy CLIP-I: toyworld.star_score). Measured on the shipped files (toy_models.json,
-    4 seeds): 0.42 against 0.13 (a disc: about 0.1; the star stills after the autoencoder's round
-    trip: 0.3)."""
+    a disc (the toy CLIP-I: toyworld.star_score; a disc scores about 0.1, the star stills after
+    the autoencoder's round trip about 0.3)."""
     custom = inject.inject_checkpoint(toy_model, EMBEDDED / FILES["custom"])
 
     def star(model):
@@ -126,9 +123,9 @@ def test_customized_t2i_draws_the_customization(toy_model):
 
 def test_text_stage_keeps_direction_words_apart(tmp_path):
     """The toy CLIP's pre-training (scripts/train_toy_models.py, stage text): a caption's states
-    change as much when its direction word is flipped as when its colour is. Trained with the T2I
-    on single frames instead, the direction flip changed them 0.0135 against the colour's 1.48
-    (benchmarks/bench_toy_words.py), and the motion module had no word to follow."""
+    change as much when its direction word is flipped as when its colour is (trained with the
+    T2I on single frames instead, the direction word hardly changed them, and the motion module
+    had no word to follow: benchmarks/bench_toy_words.py)."""
     script = load_script("scripts/train_toy_models.py")
     torch.set_num_threads(2)
     info = script.train_text(80, tmp_path)
@@ -181,8 +178,8 @@ def test_toy_demo_runs_end_to_end_on_the_shipped_files(tmp_path):
 
 def test_template_score_sees_the_star_where_star_score_sees_specks():
     """A disc with four stray specks is 'star-like' to star_score (its pixels spread far from
-    their centroid) but not to the template match. The retrained base model drew such blobs for
-    the unseen words "sks star" (benchmarks/README.md: star_score 0.408, template 0.421)."""
+    their centroid) but not to the template match; a base model can draw such blobs for the
+    unseen words "sks star"."""
     star = tw.custom_stills(3, seed=5)[2].frames            # not one of the reference stills
     disc = tw.render_caption("a green circle standing still", seed=1).frames[:1].copy()
     specks = disc.copy()
