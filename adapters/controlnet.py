@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import keys
-from .detect import NORM_GROUPS, SD15_HEADS, key_indices, encoder_layout
+from .detect import NORM_GROUPS, SD15_HEADS, block_tensor, encoder_layout, key_indices
 from .errors import ModelFileError
 from .files import read_state_dict
 
@@ -85,11 +85,7 @@ def controlnet_config(sd, path=None):
     levels = key_indices(sd, r"down_blocks\.(\d+)\.resnets\.")
     channels, attention = [], []
     for i in levels:
-        w = sd.get(f"down_blocks.{i}.resnets.0.conv2.weight")
-        if w is None:
-            raise ModelFileError(path, f"the ControlNet weights are incomplete (down block {i}).",
-                                 "The file may be truncated: copy it again.")
-        channels.append(w.shape[0])
+        channels.append(block_tensor(sd, [f"down_blocks.{i}.resnets.0.conv2.weight"], path, "ControlNet").shape[0])
         attention.append(f"down_blocks.{i}.attentions.0.proj_in.weight" in sd)
     blocks = len(key_indices(sd, r"controlnet_cond_embedding\.blocks\.(\d+)\."))
     hint = [sd["controlnet_cond_embedding.conv_in.weight"].shape[0]]

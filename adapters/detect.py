@@ -20,6 +20,16 @@ def key_indices(keys, pattern):
     return sorted({int(m.group(1)) for k in keys if (m := rx.match(k))})
 
 
+def block_tensor(sd, names, path, what):
+    """The first of ``names`` present in ``sd``; a missing one means a truncated file."""
+    for name in names:
+        if name in sd:
+            return sd[name]
+    block = re.search(r"blocks\.(\d+)\.", names[0])
+    raise ModelFileError(path, f"the {what} is incomplete (down block {block.group(1) if block else '?'}).",
+                         "The file may be truncated: copy it again.")
+
+
 def classify_checkpoint(sd, path=None):
     """Refuse anything that is not an SD1.x checkpoint, naming what it is instead."""
     keys = sd.keys()
@@ -189,12 +199,8 @@ def motion_module_config(mm_sd, path=None):
     down = key_indices(keys, r"down_blocks\.(\d+)\.motion_modules\.")
     chans = []
     for i in down:
-        w = mm_sd.get(f"down_blocks.{i}.motion_modules.0.temporal_transformer.proj_in.weight")
-        if w is None:
-            w = mm_sd.get(f"down_blocks.{i}.motion_modules.0.proj_in.weight")
-        if w is None:
-            raise ModelFileError(path, f"the motion module is incomplete (down block {i}).",
-                                 "The file may be truncated: copy it again.")
+        w = block_tensor(mm_sd, [f"down_blocks.{i}.motion_modules.0.temporal_transformer.proj_in.weight",
+                                 f"down_blocks.{i}.motion_modules.0.proj_in.weight"], path, "motion module")
         chans.append(w.shape[1])
     if chans == [320, 640, 1280]:
         raise ModelFileError(path, f"this is an SDXL motion module (levels {chans}); this slot needs an "

@@ -9,7 +9,7 @@ natural videos for prior preservation (Motion Adapter at α = 0).
 import torch
 from torch import nn
 
-from .lowrank import LowRankAdapter, spatial_targets
+from .lowrank import LowRankAdapter, add_low_rank_rows, spatial_targets
 from .training import TrainingRecipe
 
 
@@ -49,12 +49,7 @@ class SpatialAdapters(LowRankAdapter):
                 o3.baddbmm_(up_t, low, alpha=s)
                 return out
             return torch.baddbmm(o3, up_t, low, alpha=s).view_as(out)
-        o2 = out.reshape(-1, out.shape[-1])
-        low = o2 @ down
-        if inplace:
-            o2.addmm_(low, up, alpha=s)
-            return out
-        return torch.addmm(o2, low, up, alpha=s).view_as(out)
+        return add_low_rank_rows(out, out.reshape(-1, out.shape[-1]) @ down, up, s, inplace)
 
     def merged_weight(self, name, weight, scale):
         # (I + s·down·up)ᵀ W, kept low-rank: a C×C projection would cost C²·K per layer instead of 2·r·C·K

@@ -28,14 +28,31 @@ def load_adapter(cls, name, adapter):
     return cls.load(path), path
 
 
-def attach_adapter(cls, video_model, name, adapter, scale, merge):
-    """What every Attach node does: the linked adapter or the chosen file, checked to fit the
-    video model, added to it at ``scale`` (merged or as hooks)."""
-    adapter, path = load_adapter(cls, name, adapter)
-    return adapter.add_to(video_model, scale, merge, str(path))
+class AdapterFileNode:
+    """A node reading an adapter file chosen in ``adapter_name``: re-run when that file changes."""
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def IS_CHANGED(cls, adapter_name=None, **_):
+        return paths.fingerprint("still_moving", adapter_name)
 
 
-class AttachMotionAdapter:
+class AttachNode(AdapterFileNode):
+    """An Attach node: the linked adapter or the chosen file of ``ADAPTER_CLASS``, on the video model."""
+    ADAPTER_CLASS = None
+    RETURN_TYPES = (VIDEO_MODEL,)
+    FUNCTION = "attach"
+
+    def attach(self, video_model, adapter_name, strength, merge, adapter=None):
+        """The linked adapter or the chosen file, checked to fit the video model, added to it at
+        ``strength`` (merged or as hooks)."""
+        adapter, path = load_adapter(self.ADAPTER_CLASS, adapter_name, adapter)
+        return (adapter.add_to(video_model, strength, merge, str(path)),)
+
+
+class AttachMotionAdapter(AttachNode):
+    ADAPTER_CLASS = MotionAdapter
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -50,22 +67,17 @@ class AttachMotionAdapter:
                                                   "whose motion came out weak, try -0.3 to -0.5."}),
         }, "optional": {"adapter": (ADAPTER, {"tooltip": "A Motion Adapter straight from the trainer node."})}}
 
-    RETURN_TYPES = (VIDEO_MODEL,)
     OUTPUT_TOOLTIPS = ("The video model with the Motion Adapter as a motion slider.",)
-    FUNCTION = "attach"
-    CATEGORY = CATEGORY
     DESCRIPTION = ("Attaches a Motion Adapter, a slider for the amount of motion: 0 keeps the model's own motion, "
                    "1 freezes the video, negative values add motion.")
 
-    @classmethod
-    def IS_CHANGED(cls, adapter_name=None, **_):
-        return paths.fingerprint("still_moving", adapter_name)
-
     def attach(self, video_model, adapter_name, motion_scale, adapter=None):
-        return (attach_adapter(MotionAdapter, video_model, adapter_name, adapter, motion_scale, True),)
+        return super().attach(video_model, adapter_name, motion_scale, True, adapter)
 
 
-class AttachSpatialAdapters:
+class AttachSpatialAdapters(AttachNode):
+    ADAPTER_CLASS = SpatialAdapters
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -81,22 +93,12 @@ class AttachSpatialAdapters:
                                                              "(no extra cost); off computes them on the fly."}),
         }, "optional": {"adapter": (ADAPTER, {"tooltip": "Spatial Adapters straight from the trainer node."})}}
 
-    RETURN_TYPES = (VIDEO_MODEL,)
     OUTPUT_TOOLTIPS = ("The customized video model with its motion restored: connect it to the sampler.",)
-    FUNCTION = "attach"
-    CATEGORY = CATEGORY
     DESCRIPTION = ("Attaches Spatial Adapters, which let an injected customized model (DreamBooth, LoRA, style) "
                    "move naturally in the video while keeping its look.")
 
-    @classmethod
-    def IS_CHANGED(cls, adapter_name=None, **_):
-        return paths.fingerprint("still_moving", adapter_name)
 
-    def attach(self, video_model, adapter_name, strength, merge, adapter=None):
-        return (attach_adapter(SpatialAdapters, video_model, adapter_name, adapter, strength, merge),)
-
-
-class LoadAdapter:
+class LoadAdapter(AdapterFileNode):
     """A saved Motion Adapter or Spatial Adapters as a graph value (e.g. to train Spatial Adapters)."""
 
     @classmethod
@@ -109,13 +111,8 @@ class LoadAdapter:
     RETURN_NAMES = ("adapter",)
     OUTPUT_TOOLTIPS = ("The adapter, for a trainer's adapter input or an Attach node's adapter input.",)
     FUNCTION = "load"
-    CATEGORY = CATEGORY
     DESCRIPTION = ("Loads a saved Still-Moving adapter as a graph value, e.g. the Motion Adapter that Train Spatial "
                    "Adapters needs.")
-
-    @classmethod
-    def IS_CHANGED(cls, adapter_name=None, **_):
-        return paths.fingerprint("still_moving", adapter_name)
 
     def load(self, adapter_name):
         return (LowRankAdapter.load(paths.full_path("still_moving", adapter_name)),)

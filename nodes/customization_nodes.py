@@ -1,8 +1,7 @@
 """CustomCrafter and Customize-A-Video nodes: thin glue over ``adapters.customize``."""
 from ..adapters import customize, schedule, training
 from ..adapters.customize import AppearanceAbsorber, SubjectModule, TemporalLoRA
-from . import paths
-from .adapter_nodes import ADAPTER, FROM_INPUT, adapter_files, attach_adapter
+from .adapter_nodes import ADAPTER, FROM_INPUT, AttachNode, adapter_files
 from .training_nodes import CLIPS, Trainer, name_input, resume_input, settings_inputs
 from .video_model_nodes import CATEGORY, VIDEO_MODEL
 
@@ -43,21 +42,7 @@ class WeightScheduleNode:
         return (s,)
 
 
-class _Attach:
-    ADAPTER_CLASS = None  # the adapter class this node attaches
-    RETURN_TYPES = (VIDEO_MODEL,)
-    FUNCTION = "attach"
-    CATEGORY = CATEGORY
-
-    @classmethod
-    def IS_CHANGED(cls, adapter_name=None, **_):
-        return paths.fingerprint("still_moving", adapter_name)
-
-    def attach(self, video_model, adapter_name, strength, merge, adapter=None):
-        return (attach_adapter(self.ADAPTER_CLASS, video_model, adapter_name, adapter, strength, merge),)
-
-
-class AttachSubjectModule(_Attach):
+class AttachSubjectModule(AttachNode):
     ADAPTER_CLASS = SubjectModule
 
     @classmethod
@@ -77,7 +62,7 @@ class AttachSubjectModule(_Attach):
     DESCRIPTION = "Attaches a CustomCrafter subject module (spatial Q/K/V update) to the video model."
 
 
-class AttachTemporalLoRA(_Attach):
+class AttachTemporalLoRA(AttachNode):
     ADAPTER_CLASS = TemporalLoRA
 
     @classmethod

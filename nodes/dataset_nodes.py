@@ -52,7 +52,24 @@ def _fingerprint(folder):
         return f"error: {e}"
 
 
-class ClipsFromImages:
+class ClipsNode:
+    """What every node making training clips returns."""
+    RETURN_TYPES = RETURNS
+    RETURN_NAMES = RETURN_NAMES
+    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
+    CATEGORY = CATEGORY
+
+
+class FolderClips(ClipsNode):
+    """Clips read from a folder under ComfyUI's input folder, re-read when its files change."""
+    FUNCTION = "load"
+
+    @classmethod
+    def IS_CHANGED(cls, folder, **_):
+        return _fingerprint(folder)
+
+
+class ClipsFromImages(ClipsNode):
     """Stills from the graph, e.g. images made by the customized checkpoint with the native KSampler."""
 
     @classmethod
@@ -67,11 +84,7 @@ class ClipsFromImages:
                                               "number of images, otherwise the whole text is used for all."}),
         }}
 
-    RETURN_TYPES = RETURNS
-    RETURN_NAMES = RETURN_NAMES
-    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
     FUNCTION = "make"
-    CATEGORY = CATEGORY
     DESCRIPTION = "Turns an IMAGE batch into training clips (one still per image) with captions."
 
     def make(self, images, caption):
@@ -81,7 +94,7 @@ class ClipsFromImages:
         return (clips, len(clips))
 
 
-class ImageFolderClips:
+class ImageFolderClips(FolderClips):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -95,23 +108,14 @@ class ImageFolderClips:
             "max_side": MAX_SIDE,
         }}
 
-    RETURN_TYPES = RETURNS
-    RETURN_NAMES = RETURN_NAMES
-    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
     DESCRIPTION = "Reads still images (and .txt captions) from a folder under ComfyUI's input folder."
-
-    @classmethod
-    def IS_CHANGED(cls, folder, **_):
-        return _fingerprint(folder)
 
     def load(self, folder, default_caption, max_side=1024):
         clips = data.load_image_folder(_input_folder(folder), default_caption.strip(), max_side or None)
         return (clips, len(clips))
 
 
-class VideoFolderClips:
+class VideoFolderClips(FolderClips):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -133,16 +137,7 @@ class VideoFolderClips:
             "max_side": MAX_SIDE,
         }}
 
-    RETURN_TYPES = RETURNS
-    RETURN_NAMES = RETURN_NAMES
-    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
     DESCRIPTION = "Reads video clips (and .txt captions) from a folder under ComfyUI's input folder."
-
-    @classmethod
-    def IS_CHANGED(cls, folder, **_):
-        return _fingerprint(folder)
 
     def load(self, folder, frames, stride, default_caption, max_side=1024):
         clips = data.load_video_folder(_input_folder(folder), frames, stride, default_caption.strip(),
@@ -150,7 +145,7 @@ class VideoFolderClips:
         return (clips, len(clips))
 
 
-class GeneratePriorClips:
+class GeneratePriorClips(ClipsNode):
     """Natural prior videos from the base video model, when the user has no videos."""
 
     @classmethod
@@ -186,11 +181,7 @@ class GeneratePriorClips:
                                            "tooltip": "What the prior videos should avoid."}),
         }}
 
-    RETURN_TYPES = RETURNS
-    RETURN_NAMES = RETURN_NAMES
-    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
     FUNCTION = "generate"
-    CATEGORY = CATEGORY
     DESCRIPTION = ("Makes natural videos with the base video model for prior preservation, when you have "
                    "no videos of your own.")
 
@@ -205,7 +196,7 @@ class GeneratePriorClips:
         return (clips, len(clips))
 
 
-class MergeClips:
+class MergeClips(ClipsNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -213,11 +204,7 @@ class MergeClips:
             "clips_b": (CLIPS, {"tooltip": "Appended after the first, e.g. your own videos plus generated ones."}),
         }}
 
-    RETURN_TYPES = RETURNS
-    RETURN_NAMES = RETURN_NAMES
-    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
     FUNCTION = "merge"
-    CATEGORY = CATEGORY
     DESCRIPTION = "Joins two sets of training clips into one."
 
     def merge(self, clips_a, clips_b):
