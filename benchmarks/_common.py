@@ -208,3 +208,71 @@ def run_child_live(argv, cwd=None, env=None, prefix="    | "):
 
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--write":
     _write(*sys.argv[2:])
+
+
+# --- the reference training loop: textbook diffusers + peft ------------------------------------
+
+TEMPORAL_QKV = r".*motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]\.to_[qkv]"
+
+
+class PeftLoRA:
+    """peft LoRA on ``unet``'s temporal Q/K/V for a block, then the original modules put back."""
+
+    def __init__(self, unet, rank, name):
+        self.unet, self.rank, self.name = unet, rank, name
+
+    def __enter__(self):
+        import re
+        from peft import LoraConfig, inject_adapter_in_model
+        self.originals = {n: m for n, m in self.unet.named_modules() if re.fullmatch(TEMPORAL_QKV, n)}
+        self.had_config = hasattr(self.unet, "peft_config")
+        cfg = LoraConfig(r=self.rank, lora_alpha=self.rank, lora_dropout=0.0, target_modules=TEMPORAL_QKV,
+                         init_lora_weights=True)
+        inject_adapter_in_model(cfg, self.unet, adapter_name=self.name)
+        self.params = [p for n, p in self.unet.named_parameters() if "lora_" in n]
+        assert self.params and all(p.requires_grad for p in self.params)
+        return self
+
+    def __exit__(self, *exc):
+        for n, m in self.originals.items():
+            parent, _, child = n.rpartition(".")
+            setattr(self.unet.get_submodule(parent), child, m)
+        if not self.had_config and hasattr(self.unet, "peft_config"):
+            del self.unet.peft_config
+        assert not any("lora_" in n for n, _ in self.unet.named_modules())
+        return False
+
+
+def textbook_steps(unet, params, batches, *, lr, weight_decay=1e-2, generator=None, amp=None, on_step=None):
+    """The textbook diffusers + peft training step for each ``(latents (1, C, F, h, w), text
+    embedding per frame)`` in ``batches``: DDPMScheduler.add_noise at a uniform timestep, MSE on
+    the noise, AdamW on ``params``; ``generator`` draws noise and timesteps (CPU), ``amp`` is an
+    autocast dtype, ``on_step(loss)`` runs after each step. Returns the losses."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    losses = []
+    unet.train()
+    try:
+        for lat, enc in batches:
+            if generator is None:
+                noise, t = torch.randn_like(lat), torch.randint(0, 1000, (lat.shape[0],), device=lat.device)
+            else:
+                noise = torch.randn(lat.shape, generator=generator).to(lat.device, lat.dtype)
+                t = torch.randint(0, 1000, (lat.shape[0],), generator=generator).to(lat.device)
+            noisy = sched.add_noise(lat, noise, t)
+            with torch.autocast(lat.device.type, dtype=amp, enabled=amp is not None):
+                pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=enc.to(unet.dtype)).sample
+                loss = F.mse_loss(pred.float(), noise.float())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if on_step is not None:
+                on_step(losses[-1])
+    finally:
+        unet.eval()
+    return losses
+

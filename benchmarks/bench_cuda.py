@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import _common  # noqa: E402
 from benchmarks.bench_sampling import make_pipeline, run_diffusers, run_ours  # noqa: E402
-from benchmarks.bench_training import PeftLoRA  # noqa: E402
+from benchmarks._common import PeftLoRA, textbook_steps  # noqa: E402
 
 PARTS = ("sampling", "decode", "training")
 MIB = 1024 ** 2
@@ -174,35 +174,20 @@ def bench_decode(vm, pipe, latents, gpu, results):
 
 def peft_loop(vm, lat, emb, a, gpu, amp):
     """The textbook loop: peft LoRA on the temporal q/k/v, DDPMScheduler.add_noise, MSE, AdamW."""
-    import torch
-    import torch.nn.functional as F
-    from diffusers import DDPMScheduler
-    unet = vm.unet
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear")
     enc = emb.repeat_interleave(a.frames, 0).to(vm.dtype)
-    times = []
-    with PeftLoRA(unet, 8, "ref") as lora:
+    marks = []
+
+    def tick(_):
+        gpu.sync()
+        marks.append(time.perf_counter())
+    with PeftLoRA(vm.unet, 8, "ref") as lora:
         for p in lora.params:   # trained in fp32, as our adapters are, whatever the weights' dtype
             p.data = p.data.float()
-        opt = torch.optim.AdamW(lora.params, lr=1e-4, weight_decay=1e-2)
-        unet.train()
-        try:
-            for _ in range(a.train_steps):
-                gpu.sync()
-                t0 = time.perf_counter()
-                noise = torch.randn_like(lat)
-                t = torch.randint(0, 1000, (1,), device=lat.device)
-                noisy = sched.add_noise(lat, noise, t)
-                with torch.autocast(gpu.device.type, dtype=amp, enabled=amp is not None and gpu.cuda):
-                    pred = unet(noisy.to(vm.dtype), t, encoder_hidden_states=enc).sample
-                    loss = F.mse_loss(pred.float(), noise.float())
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                gpu.sync()
-                times.append(time.perf_counter() - t0)
-        finally:
-            unet.eval()
+        gpu.sync()
+        marks.append(time.perf_counter())
+        textbook_steps(vm.unet, lora.params, [(lat, enc)] * a.train_steps, lr=1e-4, weight_decay=1e-2,
+                       amp=amp if gpu.cuda else None, on_step=tick)
+    times = [b - a_ for a_, b in zip(marks, marks[1:])]
     return times[a.train_warmup:]
 
 

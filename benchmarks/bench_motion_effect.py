@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import _common  # noqa: E402
-from benchmarks.bench_training import PeftLoRA  # noqa: E402
+from benchmarks._common import PeftLoRA, textbook_steps  # noqa: E402
 
 
 def parse():
@@ -65,33 +65,21 @@ def motion_at(model, a, alphas, set_alpha):
 def reference(vm, data, a):
     """The textbook loop; returns temporal variance per α (the peft layers removed afterwards)."""
     import torch
-    import torch.nn.functional as F
-    from diffusers import DDPMScheduler
     from peft.tuners.lora import LoraLayer
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear")
     g = torch.Generator().manual_seed(0)
     unet = vm.unet
     from adapters.sampling import encode_text
     enc = {c: encode_text(vm, [c], "cpu") for c in {d.caption for d in data}}
+
+    def frozen_clips():  # one random frame of a random clip, repeated over the frames
+        for _ in range(a.steps):
+            clip = data[int(torch.randint(len(data), (1,), generator=g))]
+            f = int(torch.randint(clip.latents.shape[1], (1,), generator=g))
+            yield (clip.latents[:, f:f + 1].expand(-1, a.frames, -1, -1).unsqueeze(0),
+                   enc[clip.caption].repeat_interleave(a.frames, 0))
     with PeftLoRA(unet, a.rank, "ref") as lora:
-        opt = torch.optim.AdamW(lora.params, lr=a.lr, weight_decay=1e-2)
-        unet.train()
-        losses = []
         with vm.patched():
-            for _ in range(a.steps):
-                clip = data[int(torch.randint(len(data), (1,), generator=g))]
-                f = int(torch.randint(clip.latents.shape[1], (1,), generator=g))
-                lat = clip.latents[:, f:f + 1].expand(-1, a.frames, -1, -1).unsqueeze(0)
-                noise = torch.randn(lat.shape, generator=g)
-                t = torch.randint(0, 1000, (1,), generator=g)
-                pred = unet(sched.add_noise(lat, noise, t), t,
-                            encoder_hidden_states=enc[clip.caption].repeat_interleave(a.frames, 0)).sample
-                loss = F.mse_loss(pred, noise)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-        unet.eval()
+            losses = textbook_steps(unet, lora.params, frozen_clips(), lr=a.lr, generator=g)
         layers = [m for m in unet.modules() if isinstance(m, LoraLayer)]
 
         def set_alpha(alpha):

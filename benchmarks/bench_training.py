@@ -29,15 +29,14 @@ checks that the two compute the same adapter gradients (else exit 1).
     python benchmarks/bench_training.py --size real        # SD1.5 + v2 sizes, 8 frames 256 px: ~15+ min
 """
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import _common  # noqa: E402
+from benchmarks._common import PeftLoRA, textbook_steps  # noqa: E402
 
-TEMPORAL_QKV = r".*motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]\.to_[qkv]"
 DEFAULTS = {"tiny": dict(frames=8, width=64, steps=8, warmup=2, rounds=4),
             "real": dict(frames=8, width=256, steps=3, warmup=1, rounds=1)}
 LR, WD = 1e-4, 1e-2
@@ -65,58 +64,15 @@ def parse():
     return a
 
 
-class PeftLoRA:
-    """peft LoRA on ``unet``'s temporal Q/K/V for a block, then the original modules put back."""
-
-    def __init__(self, unet, rank, name):
-        self.unet, self.rank, self.name = unet, rank, name
-
-    def __enter__(self):
-        from peft import LoraConfig, inject_adapter_in_model
-        self.originals = {n: m for n, m in self.unet.named_modules() if re.fullmatch(TEMPORAL_QKV, n)}
-        self.had_config = hasattr(self.unet, "peft_config")
-        cfg = LoraConfig(r=self.rank, lora_alpha=self.rank, lora_dropout=0.0, target_modules=TEMPORAL_QKV,
-                         init_lora_weights=True)
-        inject_adapter_in_model(cfg, self.unet, adapter_name=self.name)
-        self.params = [p for n, p in self.unet.named_parameters() if "lora_" in n]
-        assert self.params and all(p.requires_grad for p in self.params)
-        return self
-
-    def __exit__(self, *exc):
-        for n, m in self.originals.items():
-            parent, _, child = n.rpartition(".")
-            setattr(self.unet.get_submodule(parent), child, m)
-        if not self.had_config and hasattr(self.unet, "peft_config"):
-            del self.unet.peft_config
-        assert not any("lora_" in n for n, _ in self.unet.named_modules())
-        return False
-
-
 def reference_loop(unet, lat, emb, a, marks, seed):
     """The textbook diffusers + peft step, ``a.steps`` times; ``marks`` gets each step's end."""
     import torch
-    import torch.nn.functional as F
-    from diffusers import DDPMScheduler
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear")
     torch.manual_seed(seed)
     with PeftLoRA(unet, a.rank, f"ref{seed}") as lora:
-        opt = torch.optim.AdamW(lora.params, lr=LR, weight_decay=WD)
         enc = emb.repeat_interleave(a.frames, 0)
-        unet.train()
-        try:
-            marks.append(_now())
-            for _ in range(a.steps):
-                noise = torch.randn_like(lat)
-                t = torch.randint(0, 1000, (lat.shape[0],))
-                noisy = sched.add_noise(lat, noise, t)
-                pred = unet(noisy, t, encoder_hidden_states=enc).sample
-                loss = F.mse_loss(pred.float(), noise.float())
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                marks.append(_now())
-        finally:
-            unet.eval()
+        marks.append(_now())
+        textbook_steps(unet, lora.params, [(lat, enc)] * a.steps, lr=LR, weight_decay=WD,
+                       on_step=lambda _: marks.append(_now()))
 
 
 def our_loop(vm, clips, a, marks, seed, out_dir):
