@@ -54,9 +54,21 @@ steps). paired.md: each method against Still-Moving on the same prompt and seed,
 difference and its standard error (the spread the means hide; 12 pairs in the full setting).
 ``--report results.json`` prints both tables again from a saved run.
 
+``--train-seeds 0,1,2``: each trained row is trained once per seed and sampled on the same prompts
+and seeds; its row is the mean over the training seeds with their standard error, and
+results.json keeps each seed's scores and videos (``per_seed``). Untrained rows get the standard
+error over their videos. ``--preregistered``: the comparison written into benchmarks/README.md
+before it was run (rows base, naive, interpolation, still_moving; 10 prompt seeds; training seeds
+0, 1, 2; the full setting), with the premise measured (naive injection's dir_acc against the
+base's; the customized T2I's colour_acc on the base-world prompts, temporal layers off, single
+frames) and a verdict per premise item and criterion, printed and written to verdict.md; flags
+given beside it change the run and the verdict then says it is not the pre-registered one.
+``--premise-only`` stops after the premise (base and naive on the "sks" prompts, the T2I frames).
+
     OMP_NUM_THREADS=1 python benchmarks/bench_toy_comparison.py            # shipped models in embedded/
     OMP_NUM_THREADS=1 python benchmarks/bench_toy_comparison.py --quick
     python benchmarks/bench_toy_comparison.py --report output/toy_comparison/results.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_toy_comparison.py --preregistered [--premise-only] --models DIR
 """
 import argparse
 import json
@@ -102,6 +114,15 @@ SETTINGS = {  # full / quick
     "motion_adapter_steps": (200, 8),   # only when the models folder has no Motion Adapter
     "batch": (2, 1),
 }
+# The pre-registered comparison (benchmarks/README.md): its rows, seeds and settings, the premise
+# its customization must meet and its pass criteria. A run that differs is labelled so.
+PREREGISTERED = {"methods": ("base", "naive", "interpolation", "still_moving"), "seeds": tuple(range(10)),
+                 "train_seeds": (0, 1, 2), "custom_motions": CUSTOM_MOTIONS, "sample_steps": 20, "cfg": 4.0,
+                 "train_steps": 300, "stills": 8, "prior": 40, "batch": 2, "rank": 4, "lr": 1e-3,
+                 "prior_ratio": 0.5, "caption_dropout": 0.0, "target_mode": "all"}
+PREMISE_LOSS = 0.75     # (a) naive dir_acc <= 0.75 x base dir_acc on the "sks" prompts
+PREMISE_COLOUR = 0.8    # (b) the customized T2I's colour_acc on the base-world prompts
+EPS = 1e-9              # scores are means of 0/1 outcomes: compare thresholds without float noise
 
 
 def log(*a):
@@ -174,80 +195,212 @@ def score_base(frames, colour, motion):
 # --- the methods -----------------------------------------------------------------------------------
 
 def build_methods(names, base, custom_path, motion_adapter, stills, prior, s, out, device):
-    """name -> (video model to sample, training seconds)."""
+    """name -> [(training seed or None, video model to sample, training seconds)]: a trained row
+    once per seed of ``s["train_seeds"]``, the others once."""
     naive = inject.inject_checkpoint(base, custom_path, 1.0)
+    fixed = {"truth": lambda: None, "base": lambda: base, "naive": lambda: naive,
+             "interpolation": lambda: inject.inject_checkpoint(base, custom_path, 0.5)}
     models = {}
     for name in names:
-        t0 = time.time()
-        if name == "truth":
-            models[name] = (None, 0.0)
+        if name in fixed:
+            models[name] = [(None, fixed[name](), 0.0)]
             continue
-        if name == "base":
-            models[name] = (base, 0.0)
-            continue
-        if name == "naive":
-            models[name] = (naive, 0.0)
-            continue
-        if name == "interpolation":
-            models[name] = (inject.inject_checkpoint(base, custom_path, 0.5), 0.0)
-            continue
-        kind, ma, ratio, interleaved = SpatialAdapters, motion_adapter, s["prior_ratio"], False
-        if name in ("interleaved", "interleaved_full"):
-            ma, interleaved = None, True
-            kind = FullDelta if name == "interleaved_full" else kind
-        elif name == "no_motion_adapter":
-            ma = MotionAdapter.for_model(base, motion_adapter.rank, seed=s["seed"])  # A_up = 0: identity
-        elif name == "full_weights":
-            kind = FullDelta
-        elif name == "no_prior":
-            ratio = 0.0
-        lr = s["full_lr"] if kind is FullDelta else s["lr"]
-        settings = training.TrainSettings(steps=s["train_steps"], learning_rate=lr, rank=s["rank"], batch=s["batch"],
-                                          frames=tw.FRAMES, seed=s["seed"], prior_ratio=ratio,
-                                          interleaved=interleaved, caption_dropout=s["caption_dropout"])
-        res = training.train(naive, kind, settings, out / "adapters" / f"{name}.safetensors", custom_clips=stills,
-                             prior_clips=prior if ratio > 0 else (), motion_adapter=ma, device=device)
-        model = res.adapter.apply(naive) if kind is FullDelta else naive.with_patch(AdapterPatch(res.adapter, 1.0, True))
-        last = [l for _, l, src in res.losses if src == "custom"][-20:]
-        log(f"  trained {name}: {res.step} steps in {res.seconds:.1f} s (custom loss {np.mean(last):.4f})")
-        models[name] = (model, time.time() - t0)
+        seeds = s["train_seeds"]
+        models[name] = []
+        for seed in seeds:
+            file = f"{name}.safetensors" if len(seeds) == 1 else f"{name}_seed{seed}.safetensors"
+            models[name].append((seed,) + train_row(name, naive, base, motion_adapter, stills, prior,
+                                                    dict(s, seed=seed), out / "adapters" / file, device))
     return models
+
+
+def train_row(name, naive, base, motion_adapter, stills, prior, s, path, device):
+    """One trained row with training seed ``s["seed"]``: (video model, training seconds)."""
+    t0 = time.time()
+    kind, ma, ratio, interleaved = SpatialAdapters, motion_adapter, s["prior_ratio"], False
+    if name in ("interleaved", "interleaved_full"):
+        ma, interleaved = None, True
+        kind = FullDelta if name == "interleaved_full" else kind
+    elif name == "no_motion_adapter":
+        ma = MotionAdapter.for_model(base, motion_adapter.rank, seed=s["seed"])  # A_up = 0: identity
+    elif name == "full_weights":
+        kind = FullDelta
+    elif name == "no_prior":
+        ratio = 0.0
+    lr = s["full_lr"] if kind is FullDelta else s["lr"]
+    settings = training.TrainSettings(steps=s["train_steps"], learning_rate=lr, rank=s["rank"], batch=s["batch"],
+                                      frames=tw.FRAMES, seed=s["seed"], prior_ratio=ratio,
+                                      interleaved=interleaved, caption_dropout=s["caption_dropout"],
+                                      target_mode=s["target_mode"])
+    res = training.train(naive, kind, settings, path, custom_clips=stills,
+                         prior_clips=prior if ratio > 0 else (), motion_adapter=ma, device=device)
+    model = res.adapter.apply(naive) if kind is FullDelta else naive.with_patch(AdapterPatch(res.adapter, 1.0, True))
+    last = [l for _, l, src in res.losses if src == "custom"][-20:]
+    log(f"  trained {name} (seed {s['seed']}): {res.step} steps in {res.seconds:.1f} s "
+        f"(custom loss {np.mean(last):.4f})")
+    return model, time.time() - t0
+
+
+def _mean_se(values):
+    """Mean and standard error (nan for fewer than 2 values; both nan for none)."""
+    v = np.asarray(values, dtype=float)
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def score_run(model, s, refs, device, name, videos):
+    """One model on every prompt and seed: {"scores", "se" (over the videos), "custom_videos",
+    "base_videos", "sample_s"}."""
+    t0 = time.time()
+    rows_c, rows_b = [], []
+    for motion in s["custom_motions"]:
+        prompt = tw.custom_caption(motion)
+        for seed in s["seeds"]:
+            frames = video(model, prompt, seed, s, device)
+            rows_c.append(dict(score_custom(frames, motion, refs), prompt=prompt, seed=seed))
+            videos.setdefault(("custom", name), frames)
+    for colour, shape, motion in s["base_prompts"]:
+        prompt = tw.caption(colour, shape, motion)
+        for seed in s["seeds"]:
+            frames = video(model, prompt, seed, s, device)
+            rows_b.append(dict(score_base(frames, colour, motion), prompt=prompt, seed=seed))
+            videos.setdefault(("base", name), frames)
+    agg, se = {}, {}
+    for k in COLUMNS:
+        agg[k], se[k] = _mean_se([r[k] for r in (rows_c if k in CUSTOM_COLUMNS else rows_b)])
+    return {"scores": agg, "se": se, "custom_videos": rows_c, "base_videos": rows_b,
+            "sample_s": round(time.time() - t0, 1)}
+
+
+def aggregate(runs):
+    """One row from a row's runs [(training seed or None, run)]: a single run as it is (standard
+    errors over its videos); several training seeds as the mean over the seeds with the standard
+    error over the seeds, each video's scores the mean over the seeds (for the paired table), and
+    every seed's run kept under ``per_seed``."""
+    if len(runs) == 1:
+        seed, run = runs[0]
+        row = dict(run, se_over="videos")
+        if seed is not None:
+            row["train_seeds"] = [seed]
+        return row
+    scores, se = {}, {}
+    for k in COLUMNS:
+        scores[k], se[k] = _mean_se([r["scores"][k] for _, r in runs])
+    row = {"scores": scores, "se": se, "se_over": "training seeds", "train_seeds": [seed for seed, _ in runs],
+           "sample_s": round(sum(r["sample_s"] for _, r in runs), 1)}
+    for part in ("custom_videos", "base_videos"):
+        merged = []
+        for i, first in enumerate(runs[0][1][part]):
+            each = [r[part][i] for _, r in runs]
+            assert all((e["prompt"], e["seed"]) == (first["prompt"], first["seed"]) for e in each)
+            merged.append({k: (v if k in ("prompt", "seed") else float(np.mean([e[k] for e in each])))
+                           for k, v in first.items() if k != "went"})
+        row[part] = merged
+    row["per_seed"] = {str(seed): run for seed, run in runs}
+    return row
 
 
 def evaluate(models, s, refs, device):
     results, videos = {}, {}
-    for name, (model, train_s) in models.items():
-        t0 = time.time()
-        rows_c, rows_b = [], []
-        for motion in s["custom_motions"]:
-            prompt = tw.custom_caption(motion)
-            for seed in s["seeds"]:
-                frames = video(model, prompt, seed, s, device)
-                rows_c.append(dict(score_custom(frames, motion, refs), prompt=prompt, seed=seed))
-                videos.setdefault(("custom", name), frames)
-        for colour, shape, motion in s["base_prompts"]:
+    for name, entries in models.items():
+        runs = []
+        for seed, model, train_s in entries:
+            run = score_run(model, s, refs, device, name, videos)
+            run["scores"]["train_s"] = round(train_s, 1)
+            runs.append((seed, run))
+            tag = "" if seed is None or len(entries) == 1 else f" (training seed {seed})"
+            log(f"  scored {name}{tag}: " + ", ".join(f"{k} {run['scores'][k]:.3f}" for k in COLUMNS))
+        results[name] = aggregate(runs)
+        results[name]["scores"]["train_s"] = round(float(np.mean([r["scores"]["train_s"] for _, r in runs])), 1)
+    return results, videos
+
+
+def t2i_colour(customized, s, device):
+    """The customized T2I model itself (temporal layers bypassed, one frame) on the base-world
+    prompts: [{prompt, seed, colour_acc}], colour_acc the share of the subject's pixels nearest
+    the named colour. The premise that the customization left the base world drawable."""
+    rows = []
+    with training.temporal_layers_off(customized.unet):
+        for colour, shape, motion in BASE_PROMPTS:
             prompt = tw.caption(colour, shape, motion)
             for seed in s["seeds"]:
-                frames = video(model, prompt, seed, s, device)
-                rows_b.append(dict(score_base(frames, colour, motion), prompt=prompt, seed=seed))
-                videos.setdefault(("base", name), frames)
-        agg = {k: float(np.mean([r[k] for r in rows_c])) for k in CUSTOM_COLUMNS}
-        agg.update({k: float(np.mean([r[k] for r in rows_b])) for k in BASE_COLUMNS})
-        agg["train_s"] = round(train_s, 1)
-        results[name] = {"scores": agg, "custom_videos": rows_c, "base_videos": rows_b,
-                         "sample_s": round(time.time() - t0, 1)}
-        log(f"  scored {name}: " + ", ".join(f"{k} {agg[k]:.3f}" for k in COLUMNS))
-    return results, videos
+                frame = generate(customized, prompt, seed, s["sample_steps"], s["cfg"], frames=1, device=device)
+                rows.append({"prompt": prompt, "seed": seed, "colour_acc": tw.colour_share(_u8(frame), colour)})
+    return rows
+
+
+def premise(results, t2i_rows):
+    """The pre-registered premise: (a) naive injection loses direction on the "sks" prompts
+    (dir_acc at most PREMISE_LOSS x the base's); (b) the customized T2I still draws the
+    base-world prompts' colours (mean colour_acc at least PREMISE_COLOUR)."""
+    base, naive = results["base"]["scores"]["dir_acc"], results["naive"]["scores"]["dir_acc"]
+    colour, colour_se = _mean_se([r["colour_acc"] for r in t2i_rows])
+    return {"base_dir_acc": base, "naive_dir_acc": naive, "naive_over_base": naive / base if base else float("nan"),
+            "a_met": bool(naive <= PREMISE_LOSS * base + EPS),
+            "t2i_colour_acc": colour, "t2i_colour_acc_se": colour_se, "t2i_images": len(t2i_rows),
+            "b_met": bool(colour >= PREMISE_COLOUR - EPS)}
+
+
+def criteria(results):
+    """The four pass criteria: [(label, holds)] on the rows' means."""
+    sm, nv, ip = (results[n]["scores"] for n in ("still_moving", "naive", "interpolation"))
+    return [
+        (f"(1) dir_acc(still_moving) − dir_acc(naive) = {sm['dir_acc']:.3f} − {nv['dir_acc']:.3f} = "
+         f"{sm['dir_acc'] - nv['dir_acc']:+.3f} ≥ 0.15", sm["dir_acc"] - nv["dir_acc"] >= 0.15 - EPS),
+        (f"(2) template(still_moving) = {sm['template']:.3f} ≥ template(naive) − 0.03 = {nv['template'] - 0.03:.3f}",
+         sm["template"] >= nv["template"] - 0.03 - EPS),
+        (f"(3) template(still_moving) = {sm['template']:.3f} > template(interpolation) = {ip['template']:.3f}",
+         sm["template"] > ip["template"] + EPS),
+        (f"(4) dir_acc(still_moving) = {sm['dir_acc']:.3f} ≥ dir_acc(interpolation) − 0.05 = "
+         f"{ip['dir_acc'] - 0.05:.3f}", sm["dir_acc"] >= ip["dir_acc"] - 0.05 - EPS),
+    ]
+
+
+def differences(s, names, premise_only):
+    """The run's settings that differ from the pre-registration."""
+    mine = dict(s, methods=tuple(names))
+    keys = [k for k in PREREGISTERED if not (premise_only and k in ("methods", "train_seeds", "train_steps", "stills",
+                                                                     "prior", "batch", "rank", "lr", "prior_ratio",
+                                                                     "caption_dropout", "target_mode"))]
+    return [k for k in keys if (tuple(mine[k]) if isinstance(mine[k], (list, tuple)) else mine[k])
+            != PREREGISTERED[k]]
+
+
+def verdict(results, prem, differ, premise_only=False):
+    """The verdict's lines: the premise items, then (unless ``premise_only``) each criterion and
+    the outcome."""
+    ok = {True: "met", False: "NOT met"}
+    lines = []
+    if differ:
+        lines.append(f"NOT the pre-registered run: {', '.join(differ)} differ from benchmarks/README.md")
+    lines += [f"premise (a): dir_acc(naive) = {prem['naive_dir_acc']:.3f} ≤ {PREMISE_LOSS} × dir_acc(base) = "
+              f"{PREMISE_LOSS * prem['base_dir_acc']:.3f}: {ok[prem['a_met']]}",
+              f"premise (b): the customized T2I's colour_acc on the base-world prompts = {prem['t2i_colour_acc']:.3f} "
+              f"± {prem['t2i_colour_acc_se']:.3f} ({prem['t2i_images']} images) ≥ {PREMISE_COLOUR}: {ok[prem['b_met']]}"]
+    if premise_only:
+        return lines
+    if not (prem["a_met"] and prem["b_met"]):
+        lines.append("the premise is not met: this customization does not fit the pre-registration")
+    held = criteria(results)
+    lines += [f"{label}: {'PASS' if holds else 'FAIL'}" for label, holds in held]
+    failed = [label.split(" ")[0] for label, holds in held if not holds]
+    lines.append("outcome: PASS (all four criteria hold)" if not failed else f"outcome: FAIL ({', '.join(failed)} fail)")
+    return lines
 
 
 # --- reporting -------------------------------------------------------------------------------------
 
-def table(results):
-    head = "| method | " + " | ".join(COLUMNS) + " | train s |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+def table(results, columns=COLUMNS):
+    """Means, and ± their standard errors where the run has them (over the training seeds for a
+    row trained with several, else over its videos)."""
+    head = "| method | " + " | ".join(columns) + " | train s |"
+    lines = [head, "|" + "---|" * (len(columns) + 2)]
     for name, r in results.items():
-        sc = r["scores"]
-        lines.append(f"| {name} | " + " | ".join(f"{sc[k]:.3f}" for k in COLUMNS) + f" | {sc['train_s']:.0f} |")
+        sc, se = r["scores"], r.get("se", {})
+        cell = [f"{sc[k]:.3f}" + (f" ± {se[k]:.3f}" if math.isfinite(se.get(k, float("nan"))) else "")
+                for k in columns]
+        lines.append(f"| {name} | " + " | ".join(cell) + f" | {sc['train_s']:.0f} |")
     return "\n".join(lines)
 
 
@@ -271,7 +424,7 @@ def paired(results, ref="still_moving"):
             d = np.array([v[k] - theirs[part][key][k] for key, v in mine[part].items() if key in theirs[part]],
                          dtype=float)
             se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-            row[k] = (float(d.mean()), se, len(d))
+            row[k] = (float(d.mean()) if len(d) else float("nan"), se, len(d))
         rows[name] = row
     return ref, rows
 
@@ -300,7 +453,7 @@ def plot(results, path):
                (60, 160, 190), (170, 170, 60)]
     for i, key in enumerate(COLUMNS):
         x0, y0 = (i % cols) * pw + 6, (i // cols) * ph + 4
-        vals = [results[n]["scores"][key] for n in names]
+        vals = [v if math.isfinite(v) else 0.0 for v in (results[n]["scores"][key] for n in names)]  # nan: not measured
         lo, hi = min(0.0, min(vals)), max(1e-9, max(vals))
         better = "higher" if HIGHER_IS_BETTER.get(key, True) else "lower"
         d.text((x0, y0), f"{key} ({better} is better)", fill=(0, 0, 0))
@@ -373,16 +526,26 @@ def load_models(models_dir, s, out, device):
 def run(args):
     quick = 1 if args.quick else 0
     s = {k: v[quick] for k, v in SETTINGS.items()}
+    prereg = args.preregistered or args.premise_only
     for key in ("train_steps", "sample_steps"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     if args.seeds is not None:
         s["seeds"] = tuple(range(args.seeds))
+    elif prereg:
+        s["seeds"] = PREREGISTERED["seeds"]
     s.update(cfg=args.cfg, lr=args.lr, full_lr=args.full_lr, rank=args.rank, seed=0, prior_ratio=args.prior_ratio,
-             caption_dropout=args.caption_dropout)
+             caption_dropout=args.caption_dropout, target_mode=args.target_mode,
+             train_seeds=args.train_seeds or (PREREGISTERED["train_seeds"] if prereg else (0,)))
     if args.batch is not None:
         s["batch"] = args.batch
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = args.methods or ",".join(PREREGISTERED["methods"] if prereg else METHODS)
+    if args.premise_only:  # the premise needs base and naive on the "sks" prompts, and the T2I frames
+        methods, s["base_prompts"] = "base,naive", ()
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if prereg and not {"base", "naive"} <= set(names) or args.preregistered and not args.premise_only and not \
+            set(PREREGISTERED["methods"]) <= set(names):
+        sys.exit(f"--preregistered needs the rows {', '.join(PREREGISTERED['methods'])} in --methods")
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         sys.exit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
@@ -397,25 +560,35 @@ def run(args):
     base, custom_path, ma = load_models(args.models, s, out, device)
     naive = inject.inject_checkpoint(base, custom_path, 1.0)
     t1 = time.time()
-    stills = data.encode_clips(base.vae, m1_stills(naive, s["stills"], s["sample_steps"], s["cfg"], device),
-                               tw.SIZE, tw.SIZE)
-    prior = data.encode_clips(base.vae, prior_videos(s["prior"]), tw.SIZE, tw.SIZE)
-    log(f"data: {len(stills)} stills sampled from the customized T2I, {len(prior)} prior clips "
-        f"({time.time() - t1:.1f} s)")
+    stills = prior = ()
+    if TRAINED & set(names):
+        stills = data.encode_clips(base.vae, m1_stills(naive, s["stills"], s["sample_steps"], s["cfg"], device),
+                                   tw.SIZE, tw.SIZE)
+        prior = data.encode_clips(base.vae, prior_videos(s["prior"]), tw.SIZE, tw.SIZE)
+        log(f"data: {len(stills)} stills sampled from the customized T2I, {len(prior)} prior clips "
+            f"({time.time() - t1:.1f} s)")
     refs = tw.custom_templates()
     models = build_methods(names, base, custom_path, ma, stills, prior, s, out, device)
     # the Motion Adapter kept at inference as the motion slider (paper §3.2: α < 0, more motion),
     # on naive injection too, so a gain can be told apart from the slider's own
     for name in [n for n in ("naive", "still_moving") if n in models]:
-        model, train_s = models[name]
         for alpha in args.motion_scale:
-            models[f"{name} α={alpha:+g}"] = (model.with_patch(AdapterPatch(ma, alpha)), train_s)
+            models[f"{name} α={alpha:+g}"] = [(seed, model.with_patch(AdapterPatch(ma, alpha)), train_s)
+                                              for seed, model, train_s in models[name]]
     results, videos = evaluate(models, s, refs, device)
     text = table(results)
     log("\n" + text)
     report = {"setting": "quick" if quick else "full", "models": str(Path(args.models).resolve()),
               "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()},
-              "threads": torch.get_num_threads(), "seconds": round(time.time() - t0, 1), "results": results}
+              "threads": torch.get_num_threads(), "results": results}
+    if prereg:
+        t2i = t2i_colour(naive, s, device)
+        prem = premise(results, t2i)
+        lines = verdict(results, prem, differences(s, names, args.premise_only), args.premise_only)
+        log("\n" + "\n".join(lines))
+        report.update(premise=prem, t2i_images=t2i, verdict=lines)
+        write_text(out / "verdict.md", "\n".join(f"- {l}" for l in lines) + "\n")
+    report["seconds"] = round(time.time() - t0, 1)
     write_text(out / "results.json", json.dumps(report, indent=1, default=str))
     write_text(out / "table.md", text + "\n")
     pairs = paired_table(results)
@@ -432,7 +605,8 @@ def parse_args(argv=None):
     ap.add_argument("--models", default=str(REPO / "embedded"), help="folder of the toy models")
     ap.add_argument("--out", default=str(REPO / "output" / "toy_comparison"), help="a new folder is made per run")
     ap.add_argument("--quick", action="store_true", help="cut-down setting for CI (under ~3 min)")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", help=f"rows, comma-separated (default: all, {', '.join(METHODS)}; "
+                    "with --preregistered its four)")
     ap.add_argument("--seeds", type=int, help="number of seeds (0..n-1)")
     ap.add_argument("--train-steps", dest="train_steps", type=int)
     ap.add_argument("--sample-steps", dest="sample_steps", type=int)
@@ -446,6 +620,16 @@ def parse_args(argv=None):
                     help="share of training examples with the empty prompt")
     ap.add_argument("--motion-scale", dest="motion_scale", type=lambda v: [float(x) for x in v.split(",")],
                     default=[], help="e.g. -0.5,-1: also score naive and still_moving with the Motion Adapter kept at these α")
+    ap.add_argument("--train-seeds", dest="train_seeds", type=lambda v: tuple(int(x) for x in v.split(",")),
+                    help="e.g. 0,1,2: each trained row trained once per seed, reported as mean ± standard error "
+                         "(default 0; with --preregistered 0,1,2)")
+    ap.add_argument("--target-mode", dest="target_mode", default="all", choices=("all", "attention", "block_outputs"),
+                    help="which injected layers get Spatial Adapters")
+    ap.add_argument("--preregistered", action="store_true",
+                    help="the comparison pre-registered in benchmarks/README.md: its rows and seeds, the premise "
+                         "measured, a verdict per criterion (verdict.md)")
+    ap.add_argument("--premise-only", dest="premise_only", action="store_true",
+                    help="with --preregistered: measure the premise only (base, naive, the customized T2I)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--report", type=Path, help="print the tables of a saved run's results.json; runs nothing")
     return ap.parse_args(argv)
@@ -454,8 +638,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.report:
-        results = json.loads(args.report.read_text())["results"]
-        print(table(results) + "\n\n" + paired_table(results))
+        report = json.loads(args.report.read_text())
+        print(table(report["results"]) + "\n\n" + paired_table(report["results"]))
+        if report.get("verdict"):
+            print("\n" + "\n".join(report["verdict"]))
         return 0
     run(args)
     return 0
