@@ -67,7 +67,8 @@ def test_spatial_merged_equals_unmerged(models):
     sp = _randomize(SpatialAdapters.for_model(custom, rank=4))
     merged = _video(custom.with_patch(AdapterPatch(sp, 0.7, True)))
     hooked = _video(custom.with_patch(AdapterPatch(sp, 0.7, False)))
-    assert not torch.allclose(merged, _video(custom), atol=1e-3)
+    plain = _video(custom)
+    assert float((merged - plain).norm() / plain.norm()) > 0.05  # the adapter moves the video
     torch.testing.assert_close(merged, hooked, rtol=1e-3, atol=1e-3)  # float32 order of operations, after CFG
 
 
@@ -308,7 +309,8 @@ def test_interleaved_baseline_turns_temporal_layers_off_for_stills(models, tmp_p
     with torch.no_grad():
         a = base.unet(x, torch.tensor(500), encoder_hidden_states=emb).sample
         b = base.unet(y, torch.tensor(500), encoder_hidden_states=emb).sample
-    assert not torch.equal(a[:, :, 1:], b[:, :, 1:])  # with them on, frames talk to each other
+    # with them on, frames talk to each other: the untouched frames' output moves too
+    assert float((a[:, :, 1:] - b[:, :, 1:]).norm() / a[:, :, 1:].norm()) > 0.1
     g = torch.Generator().manual_seed(1)
     stills = [types.SimpleNamespace(latents=torch.randn(4, 1, 4, 4, generator=g), caption="sks dog")]
     s = training.TrainSettings(steps=4, learning_rate=1e-3, rank=4, frames=4, interleaved=True, prior_ratio=0.5)
