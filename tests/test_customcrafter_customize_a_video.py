@@ -1,5 +1,6 @@
 """CustomCrafter (subject module, weight schedule) and Customize-A-Video (absorber, temporal
 LoRAs) on tiny random models loaded from files in the real layouts."""
+import dataclasses
 import types
 
 import pytest
@@ -76,7 +77,8 @@ def test_merged_equals_unmerged_over_an_injected_checkpoint(models, kind):
     _, custom = models
     a = _randomize(kind.for_model(custom, rank=4), std=0.1)
     merged, hooked = _video(a.add_to(custom, 0.8)), _video(a.add_to(custom, 0.8, merged=False))
-    assert not torch.allclose(merged, _video(custom), atol=1e-3)
+    plain = _video(custom)
+    assert float((merged - plain).norm() / plain.norm()) > 0.05  # the module moves the video
     torch.testing.assert_close(merged, hooked, rtol=1e-3, atol=1e-3)
 
 
@@ -192,7 +194,7 @@ def test_schedule_of_ones_equals_no_schedule_and_constant_equals_scaled_patches(
     by_hand = tem.add_to(sub.add_to(by_hand, 0.45), 1.0).with_patch(AdapterPatch(sp, 0.25, True))
     const = _video(model, steps=3, schedule=WeightSchedule(0.5, 0.5, 1))
     torch.testing.assert_close(const, _video(by_hand, steps=3), rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(const, plain, atol=1e-3)
+    assert float((const - plain).norm() / plain.norm()) > 0.2  # halving the customizations shows
 
 
 def test_scaled_touches_only_spatial_customizations(models):
@@ -222,7 +224,7 @@ def test_absorber_training_bypasses_the_temporal_layers(models, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(runs[0].adapter.parameters(), runs[1].adapter.parameters()))
     tl = [customize.train_temporal_lora(m, _video_clip(), s, tmp_path / f"t{i}.safetensors").losses[0][1]
           for i, m in enumerate((base, shaken))]
-    assert tl[0] != tl[1]
+    assert abs(tl[0] - tl[1]) / tl[0] > 0.005
 
 
 def test_absorber_is_frozen_while_the_temporal_lora_trains_and_absent_after(models, tmp_path):
@@ -236,8 +238,12 @@ def test_absorber_is_frozen_while_the_temporal_lora_trains_and_absent_after(mode
     # frozen: bit-identical, and no gradient was even computed for it
     assert all(torch.equal(snapshot[k], v) for k, v in absorber.state_dict().items())
     assert all(p.grad is None for p in absorber.parameters())
-    # it took part in the training forward: same seed, same batch, different loss
-    assert with_abs.losses[0][1] != without.losses[0][1]
+    # it took part in the training forward at strength 1: the first loss is that of a run on the
+    # model with the absorber attached (as hooks), and not that of a run without it
+    hooked = customize.train_temporal_lora(absorber.add_to(base, 1.0, merged=False), _video_clip(),
+                                           dataclasses.replace(s, steps=1), tmp_path / "th.safetensors")
+    assert with_abs.losses[0][1] == pytest.approx(hooked.losses[0][1], rel=1e-5)
+    assert abs(with_abs.losses[0][1] - without.losses[0][1]) / without.losses[0][1] > 0.002
     # the file holds the temporal LoRA alone; attaching it brings no spatial change
     saved = TemporalLoRA.load(with_abs.path)
     assert saved.metadata["absorber"] == "absorber_x.safetensors"
