@@ -523,7 +523,8 @@ def load_models(models_dir, s, out, device):
     return base, models_dir / tw.MODEL_FILES["custom"], ma
 
 
-def run(args):
+def configure(args):
+    """The run's settings and rows from the command line: (settings, row names)."""
     quick = 1 if args.quick else 0
     s = {k: v[quick] for k, v in SETTINGS.items()}
     prereg = args.preregistered or args.premise_only
@@ -551,6 +552,13 @@ def run(args):
         sys.exit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     if args.motion_scale and not {"naive", "still_moving"} & set(names):
         sys.exit("--motion-scale adds rows of naive and still_moving: put one of them in --methods")
+    return s, names
+
+
+def run(args):
+    s, names = configure(args)
+    quick = 1 if args.quick else 0
+    prereg = args.preregistered or args.premise_only
     out = unique_path(Path(args.out))
     (out / "adapters").mkdir(parents=True)
     t0 = time.time()

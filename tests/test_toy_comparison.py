@@ -228,3 +228,102 @@ def test_scores_tell_customization_motion_and_colour_apart():
     assert frozen["frame_corr"] == pytest.approx(1.0, abs=1e-5)
     base = bench.score_base(circle, "red", "up")
     assert base["colour_acc"] > 0.8 and bench.score_base(circle, "blue", "up")["colour_acc"] < 0.05
+
+
+# --- the pre-registered comparison ----------------------------------------------------------------
+
+def test_preregistered_defaults_are_the_preregistration():
+    """--preregistered alone runs exactly what benchmarks/README.md pre-registered (nothing to
+    label); any change of setting is named in the verdict."""
+    bench = _bench()
+    s, names = bench.configure(bench.parse_args(["--preregistered"]))
+    assert names == list(bench.PREREGISTERED["methods"]) and s["train_seeds"] == (0, 1, 2)
+    assert bench.differences(s, names, False) == []
+    s, names = bench.configure(bench.parse_args(["--preregistered", "--caption-dropout", "0.1", "--seeds", "3"]))
+    assert bench.differences(s, names, False) == ["seeds", "caption_dropout"]
+    s, names = bench.configure(bench.parse_args(["--premise-only"]))
+    assert names == ["base", "naive"] and s["base_prompts"] == () and bench.differences(s, names, True) == []
+
+
+def _row(**scores):
+    return {"scores": scores}
+
+
+def test_verdict_applies_the_thresholds_as_written():
+    """Each criterion at its threshold holds (>= ... as written; criterion 3 is strict), just past
+    it fails; the premise the same way. Values are sums of 1/40ths, as the benchmark's are."""
+    bench = _bench()
+    at = {"base": _row(dir_acc=1.0, template=0.55), "naive": _row(dir_acc=29 / 40, template=0.70),
+          "interpolation": _row(dir_acc=35 / 40 + 0.05, template=0.66),
+          "still_moving": _row(dir_acc=29 / 40 + 0.15, template=0.67)}
+    assert [ok for _, ok in bench.criteria(at)] == [True, True, True, True]
+    past = {k: {"scores": dict(v["scores"])} for k, v in at.items()}
+    past["still_moving"]["scores"].update(dir_acc=29 / 40 + 0.125, template=0.66)
+    assert [ok for _, ok in bench.criteria(past)] == [False, False, False, False]
+    t2i = [{"colour_acc": v} for v in (0.7, 0.9)]
+    prem = bench.premise(at, t2i)
+    assert prem["a_met"] and prem["b_met"] and prem["t2i_colour_acc"] == pytest.approx(0.8)
+    lines = bench.verdict(at, prem, [])
+    assert lines[-1] == "outcome: PASS (all four criteria hold)" and not any("NOT" in l for l in lines)
+    worse = dict(at, naive=_row(dir_acc=31 / 40, template=0.70))
+    prem = bench.premise(worse, [{"colour_acc": 0.79}])
+    assert not prem["a_met"] and not prem["b_met"]
+    lines = bench.verdict(past, prem, ["seeds"])
+    assert lines[0].startswith("NOT the pre-registered run: seeds")
+    assert "the premise is not met" in "\n".join(lines)
+    assert lines[-1] == "outcome: FAIL ((1), (2), (3), (4) fail)"
+
+
+def test_preregistered_quick_run_trains_per_seed_and_gives_a_verdict(tmp_path):
+    """Each training seed trains its own adapters; the row is their mean ± standard error over
+    the seeds, each seed's run kept; the verdict is recomputed from the saved scores."""
+    bench = _bench()
+    models = write_toy_models(tmp_path / "toy_models", bench)
+    out = bench.run(bench.parse_args(["--quick", "--preregistered", "--seeds", "2", "--train-seeds", "0,1",
+                                      "--models", str(models), "--out", str(tmp_path / "cmp")]))
+    report = json.loads((out / "results.json").read_text())
+    results = report["results"]
+    assert list(results) == list(bench.PREREGISTERED["methods"])
+    files = sorted(p.name for p in (out / "adapters").glob("*.safetensors"))
+    assert files == ["still_moving_seed0.safetensors", "still_moving_seed1.safetensors"]
+    a, b = (LowRankAdapter.load(out / "adapters" / f) for f in files)
+    assert any(not torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    sm = results["still_moving"]
+    assert sm["se_over"] == "training seeds" and sm["train_seeds"] == [0, 1] and set(sm["per_seed"]) == {"0", "1"}
+    runs = [sm["per_seed"][k] for k in ("0", "1")]
+    assert runs[0]["custom_videos"] != runs[1]["custom_videos"]
+    for k in bench.COLUMNS:
+        v = [r["scores"][k] for r in runs]
+        assert sm["scores"][k] == pytest.approx(np.mean(v))
+        assert sm["se"][k] == pytest.approx(abs(v[0] - v[1]) / 2)  # std (ddof 1) / sqrt 2 of two values
+    first = sm["custom_videos"][0]
+    assert first["travel_px"] == pytest.approx(np.mean([r["custom_videos"][0]["travel_px"] for r in runs]))
+    base = results["base"]
+    assert base["se_over"] == "videos" and "per_seed" not in base
+    d = [v["template"] for v in base["custom_videos"]]
+    assert base["se"]["template"] == pytest.approx(np.std(d, ddof=1) / math.sqrt(len(d)))
+    prem = report["premise"]
+    assert prem["t2i_images"] == len(bench.BASE_PROMPTS) * 2
+    assert prem["base_dir_acc"] == base["scores"]["dir_acc"]
+    assert prem["naive_dir_acc"] == results["naive"]["scores"]["dir_acc"]
+    lines = (out / "verdict.md").read_text().splitlines()
+    assert lines[0].startswith("- NOT the pre-registered run: seeds, train_seeds")
+    held = bench.criteria(results)
+    for label, ok in held:
+        assert f"- {label}: {'PASS' if ok else 'FAIL'}" in lines
+    assert lines[-1].startswith("- outcome: PASS" if all(ok for _, ok in held) else "- outcome: FAIL")
+    assert "± " in (out / "table.md").read_text().splitlines()[-1]  # still_moving: mean ± SE
+
+
+def test_premise_only_samples_base_and_naive_and_the_t2i(tmp_path):
+    bench = _bench()
+    models = write_toy_models(tmp_path / "toy_models", bench)
+    out = bench.run(bench.parse_args(["--quick", "--premise-only", "--seeds", "1",
+                                      "--models", str(models), "--out", str(tmp_path / "cmp")]))
+    report = json.loads((out / "results.json").read_text())
+    assert list(report["results"]) == ["base", "naive"] and not list((out / "adapters").iterdir())
+    assert all(not r["base_videos"] for r in report["results"].values())
+    lines = (out / "verdict.md").read_text().splitlines()
+    assert [l.split(":")[0] for l in lines[1:]] == ["- premise (a)", "- premise (b)"]
+    assert report["premise"]["t2i_images"] == len(bench.BASE_PROMPTS)
+    assert all(0 <= r["colour_acc"] <= 1 for r in report["t2i_images"])
