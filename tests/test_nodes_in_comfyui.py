@@ -73,7 +73,7 @@ def test_comfy_model_with_native_lora_matches_file_injection(host, comfy_files):
     b = host.run(_sample_graph(["inj", 0], ours)).outputs["s"][0][0]["samples"]
     plain = host.run(_sample_graph(["load", 0], _load(cf))).outputs["s"][0][0]["samples"]
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(a, plain, atol=1e-3)
+    assert float((a - plain).norm() / plain.norm()) > 0.2  # the customized model is really in the video
 
 
 def test_comfy_conditioning_matches_prompt_text(host, comfy_files):
@@ -198,7 +198,7 @@ def test_controlnet_nodes_drive_the_video_and_refuse_wrong_files(host, comfy_fil
     out = host.run(graph).outputs
     plain, zero, one = (out[k][0][0]["samples"] for k in ("s", "s0", "s1"))
     torch.testing.assert_close(zero, plain, rtol=0, atol=1e-6)
-    assert not torch.allclose(one, plain, atol=1e-3)
+    assert float((one - plain).norm() / plain.norm()) > 0.1
     host.add_model("controlnet", "oops_checkpoint.safetensors", cf.base)
     bad = controlled("x", 1.0, "oops_checkpoint.safetensors")
     bad["imgx"] = graph["img"]
