@@ -64,6 +64,9 @@ base's; the customized T2I's colour_acc on the base-world prompts, temporal laye
 frames) and a verdict per premise item and criterion, printed and written to verdict.md; flags
 given beside it change the run and the verdict then says it is not the pre-registered one.
 ``--premise-only`` stops after the premise (base and naive on the "sks" prompts, the T2I frames).
+``--diagnose RUN_DIR``: the injection report on a saved run's Spatial Adapters, per block (how far
+naive injection moved the temporal layers' inputs, how far they are with the adapters, the share
+closed), written to diagnosis.md: why a trained row did or did not mend naive injection.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_toy_comparison.py            # shipped models in embedded/
     OMP_NUM_THREADS=1 python benchmarks/bench_toy_comparison.py --quick
@@ -499,6 +502,44 @@ def grids(videos, names, out, zoom=4):
             write_video(tiles, out / "grid_custom.gif", fps=1000 / 150)
 
 
+# --- why: the injection report on the trained adapters ----------------------------------------------
+
+def diagnose(run_dir):
+    """The injection report (adapters.injection_report) for a saved run's Spatial Adapters: per
+    block, how far naive injection moved the features entering the temporal layers from the
+    base model's, how far they are with each seed's adapters, and the share closed. The 4 "sks"
+    prompts, prompt seed 0, t = the report's defaults, 8 frames at 32 px."""
+    from adapters.injection_report import injection_report
+    from adapters.files import read_metadata
+    run_dir = Path(run_dir)
+    report = json.loads((run_dir / "results.json").read_text())
+    models_dir = Path(report["models"])
+    base = loading.load_video_model(models_dir / tw.MODEL_FILES["base"], models_dir / tw.MODEL_FILES["motion"])
+    naive = inject.inject_checkpoint(base, models_dir / tw.MODEL_FILES["custom"], 1.0)
+    prompts = [tw.custom_caption(m) for m in CUSTOM_MOTIONS]
+    files = sorted(p for p in (run_dir / "adapters").glob("*.safetensors")
+                   if read_metadata(p).get("kind") == SpatialAdapters.kind)
+    if not files:
+        sys.exit(f"{run_dir / 'adapters'} holds no Spatial Adapters: give a run with a trained Spatial Adapters row")
+    reports = {p.stem: injection_report(naive, adapters=SpatialAdapters.load(p), prompts=prompts, seed=0,
+                                        width=tw.SIZE, height=tw.SIZE, frames=tw.FRAMES) for p in files}
+    first = next(iter(reports.values()))
+    names = list(reports)
+    lines = ["| block | shift (naive) | " + " | ".join(f"after: {n}" for n in names) + " | closed (mean) |",
+             "|" + "---|" * (len(names) + 3)]
+    rows = [(b.block, b.shift, [r.blocks[i] for r in reports.values()]) for i, b in enumerate(first.blocks)]
+    rows.append(("overall (mean of blocks)", first.shift, list(reports.values())))
+    for block, shift, each in rows:
+        closed = [e.closed for e in each if e.closed is not None]
+        lines.append(f"| {block} | {shift:.3f} | " + " | ".join(f"{e.shift_after:.3f}" for e in each)
+                     + (f" | {100 * np.mean(closed):.0f}% |" if closed else " | - |"))
+    text = "\n".join(lines)
+    log(text)
+    path = write_text(unique_path(run_dir / "diagnosis.md"), text + "\n")
+    log(f"wrote {path}")
+    return reports
+
+
 # --- main ------------------------------------------------------------------------------------------
 
 def load_models(models_dir, s, out, device):
@@ -640,6 +681,8 @@ def parse_args(argv=None):
                     help="with --preregistered: measure the premise only (base, naive, the customized T2I)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--report", type=Path, help="print the tables of a saved run's results.json; runs nothing")
+    ap.add_argument("--diagnose", type=Path, help="a saved run's folder: the injection report on its trained "
+                                                  "Spatial Adapters, per block (diagnosis.md)")
     return ap.parse_args(argv)
 
 
@@ -650,6 +693,9 @@ def main(argv=None):
         print(table(report["results"]) + "\n\n" + paired_table(report["results"]))
         if report.get("verdict"):
             print("\n" + "\n".join(report["verdict"]))
+        return 0
+    if args.diagnose:
+        diagnose(args.diagnose)
         return 0
     run(args)
     return 0

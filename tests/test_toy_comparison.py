@@ -313,6 +313,13 @@ def test_preregistered_quick_run_trains_per_seed_and_gives_a_verdict(tmp_path):
         assert f"- {label}: {'PASS' if ok else 'FAIL'}" in lines
     assert lines[-1].startswith("- outcome: PASS" if all(ok for _, ok in held) else "- outcome: FAIL")
     assert "± " in (out / "table.md").read_text().splitlines()[-1]  # still_moving: mean ± SE
+    # why, if it fails: the injection report on each seed's adapters, per block
+    reports = bench.diagnose(out)
+    assert list(reports) == ["still_moving_seed0", "still_moving_seed1"]
+    rows = [l for l in (out / "diagnosis.md").read_text().splitlines() if l.startswith("| ") and not l.startswith("| block |")]
+    assert len(rows) == len(reports["still_moving_seed0"].blocks) + 1 and rows[-1].startswith("| overall")
+    for r in reports.values():
+        assert r.shift > 0 and r.shift_after is not None and all(b.closed is not None for b in r.blocks)
 
 
 def test_premise_only_samples_base_and_naive_and_the_t2i(tmp_path):
