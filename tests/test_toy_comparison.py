@@ -60,7 +60,7 @@ def test_full_delta_hooks_equal_the_fine_tuned_weights(models):
     finally:
         for h in handles:
             h.remove()
-    assert not torch.allclose(hooked, plain, atol=1e-4)
+    assert float((hooked - plain).norm() / plain.norm()) > 0.1
     torch.testing.assert_close(_noise_pred(delta.apply(custom)), hooked, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(_noise_pred(custom), plain, rtol=0, atol=0)  # nothing left behind
 
@@ -160,7 +160,8 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
     assert bench.main(["--report", str(out / "results.json")]) == 0
     # naive injection changes the videos: the customized model is really in the comparison
     videos = {n: report["results"][n]["custom_videos"][0] for n in ("base", "naive")}
-    assert videos["base"] != videos["naive"]
+    assert max(abs(videos["base"][k] - videos["naive"][k])
+               for k in ("fidelity", "colour", "template", "frame_corr")) > 0.003
     # the truth row (the world's own clips) is where the scores say it should be
     truth = report["results"]["truth"]["scores"]
     assert truth["dir_acc"] == 1 and truth["base_dir_acc"] == 1 and truth["leak"] < 0.2  # a disc: ~0.1
@@ -184,7 +185,8 @@ def test_motion_scale_rows_keep_the_spatial_adapters_and_move_the_slider(tmp_pat
     for name in slid:
         plain = results[name.split(" ")[0]]
         assert results[name]["scores"]["train_s"] == plain["scores"]["train_s"]
-        assert results[name]["custom_videos"][0]["frame_corr"] != plain["custom_videos"][0]["frame_corr"], name
+        corr, plain_corr = (r["custom_videos"][0]["frame_corr"] for r in (results[name], plain))
+        assert abs(corr - plain_corr) > 0.001, name
     paired_rows = [l.split("|")[1].strip() for l in (out / "paired.md").read_text().splitlines()
                    if l.startswith("| ") and "method" not in l]
     assert paired_rows == ["naive"] + slid
