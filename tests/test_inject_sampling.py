@@ -1,4 +1,6 @@
 """Injection is exact and reversible; the sampling loop handles CFG, schedulers and long videos."""
+import types
+
 import pytest
 import torch
 
@@ -73,8 +75,6 @@ def _embeds(model):
 def comfy_sampling(lcm=False):
     """ComfyUI's EPS model sampling for AnimateDiff's betas (ADE's "sqrt_linear (AnimateDiff)" =
     diffusers' "linear"); with ``lcm``, ComfyUI's LCM sampling (ModelSamplingDiscrete "lcm")."""
-    import types
-
     import comfy.model_sampling
     from comfy_extras.nodes_model_advanced import LCM, ModelSamplingDiscreteDistilled
     config = types.SimpleNamespace(sampling_settings={"beta_schedule": "sqrt_linear"})
@@ -92,7 +92,6 @@ class ComfyDenoiser:
     denoised output around the pack's UNet, with CFG on the denoised predictions (cfg_function)."""
 
     def __init__(self, unet, ms, cond, uncond, cfg):
-        import types
         self.inner_model = types.SimpleNamespace(inner_model=types.SimpleNamespace(model_sampling=ms))
         self.unet, self.ms, self.cond, self.uncond, self.cfg = unet, ms, cond, uncond, cfg
 
@@ -120,7 +119,9 @@ def test_every_scheduler_is_comfyuis_sampler(comfy, base, scheduler):
     """Each scheduler's video with CFG = ComfyUI's k-diffusion sampler of that name on ComfyUI's
     sigmas, the pack's UNet as the model, from the same seed's noise (ancestral / LCM noise drawn
     from the same generator, as diffusers draws it). DDIM (eta 0) is Euler on the probability-flow
-    ODE, which is ComfyUI's "ddim" sampler; diffusers' DDIM ends at t = 0's sigma, not 0."""
+    ODE, ComfyUI's "ddim" sampler, with two differences of diffusers' DDIM kept here: it ends at
+    t = 0's sigma, not 0, and starts from unit-variance noise where ComfyUI scales the noise by
+    sigma alone when the first sigma is below sigma_max."""
     import comfy.k_diffusion.sampling as kd
     import comfy.samplers
     assert set(COMFY_COUNTERPARTS) == set(sampling.SCHEDULERS)
