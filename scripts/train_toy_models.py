@@ -75,7 +75,7 @@ MOTION = dict(motion_layers_per_block=1, motion_max_seq_length=32, use_motion_mi
               motion_num_attention_heads=8, motion_transformer_layers_per_block=1)
 # steps per stage (full run / --quick plumbing check)
 # The shipped weights used these full-run numbers; a machine with time to spare gets better models
-# from larger ones (the VAE above all: 400 steps leave it blurry, see embedded/README.md).
+# from larger ones (the VAE above all).
 STEPS = {"vae": (600, 20), "vae_decoder": (300, 5), "text": (400, 10), "t2i": (2500, 20), "motion": (2500, 20),
          "direction": (600, 6), "adapter": (400, 5), "custom": (400, 10)}
 LR = {"vae": 1e-3, "vae_decoder": 5e-4, "text": 3e-3, "t2i": 1e-3, "motion": 1e-3, "video_t2i": 3e-4, "direction": 3e-4,
