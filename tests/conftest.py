@@ -37,7 +37,8 @@ def comfy_server(comfy_base):
 FULL_FIXTURES = {"comfy", "comfy_server", "comfy_base", "browser", "served", "editor"}
 FULL_FILES = {"test_toy_models.py", "test_toy_comparison.py", "test_benchmarks.py",
               "test_workflows_in_browser.py", "test_motion_adapter_effect.py", "test_exports.py",
-              "test_model_patch.py", "test_injection_report.py"}
+              "test_model_patch.py", "test_injection_report.py",
+              "test_mechanism.py"}
 # Tests that train for many steps or run whole videos (several seconds each on 2 cores).
 FULL_TESTS = {"test_spatial_training_fits_the_customized_stills_and_keeps_the_prior",
               "test_absorber_is_frozen_while_the_temporal_lora_trains_and_absent_after",
