@@ -351,7 +351,8 @@ def criteria(results):
     return [
         (f"(1) dir_acc(still_moving) − dir_acc(naive) = {sm['dir_acc']:.3f} − {nv['dir_acc']:.3f} = "
          f"{sm['dir_acc'] - nv['dir_acc']:+.3f} ≥ 0.15", sm["dir_acc"] - nv["dir_acc"] >= 0.15 - EPS),
-        (f"(2) template(still_moving) = {sm['template']:.3f} ≥ template(naive) − 0.03 = {nv['template'] - 0.03:.3f}",
+        (f"(2) template(still_moving) = {sm['template']:.3f} ≥ template(naive) − 0.03 = "
+         f"{nv['template'] - 0.03:.3f}",
          sm["template"] >= nv["template"] - 0.03 - EPS),
         (f"(3) template(still_moving) = {sm['template']:.3f} > template(interpolation) = {ip['template']:.3f}",
          sm["template"] > ip["template"] + EPS),
@@ -380,7 +381,8 @@ def verdict(results, prem, differ, premise_only=False):
     lines += [f"premise (a): dir_acc(naive) = {prem['naive_dir_acc']:.3f} ≤ {PREMISE_LOSS} × dir_acc(base) = "
               f"{PREMISE_LOSS * prem['base_dir_acc']:.3f}: {ok[prem['a_met']]}",
               f"premise (b): the customized T2I's colour_acc on the base-world prompts = {prem['t2i_colour_acc']:.3f} "
-              f"± {prem['t2i_colour_acc_se']:.3f} ({prem['t2i_images']} images) ≥ {PREMISE_COLOUR}: {ok[prem['b_met']]}"]
+              f"± {prem['t2i_colour_acc_se']:.3f} ({prem['t2i_images']} images) ≥ {PREMISE_COLOUR}: "
+              f"{ok[prem['b_met']]}"]
     if premise_only:
         return lines
     if not (prem["a_met"] and prem["b_met"]):
@@ -388,7 +390,8 @@ def verdict(results, prem, differ, premise_only=False):
     held = criteria(results)
     lines += [f"{label}: {'PASS' if holds else 'FAIL'}" for label, holds in held]
     failed = [label.split(" ")[0] for label, holds in held if not holds]
-    lines.append("outcome: PASS (all four criteria hold)" if not failed else f"outcome: FAIL ({', '.join(failed)} fail)")
+    lines.append("outcome: PASS (all four criteria hold)" if not failed
+                 else f"outcome: FAIL ({', '.join(failed)} fail)")
     return lines
 
 

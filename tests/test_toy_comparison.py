@@ -318,7 +318,8 @@ def test_preregistered_quick_run_trains_per_seed_and_gives_a_verdict(tmp_path):
     # why, if it fails: the injection report on each seed's adapters, per block
     reports = bench.diagnose(out)
     assert list(reports) == ["still_moving_seed0", "still_moving_seed1"]
-    rows = [l for l in (out / "diagnosis.md").read_text().splitlines() if l.startswith("| ") and not l.startswith("| block |")]
+    rows = [l for l in (out / "diagnosis.md").read_text().splitlines()
+            if l.startswith("| ") and not l.startswith("| block |")]
     assert len(rows) == len(reports["still_moving_seed0"].blocks) + 1 and rows[-1].startswith("| overall")
     for r in reports.values():
         assert r.shift > 0 and r.shift_after is not None and all(b.closed is not None for b in r.blocks)
