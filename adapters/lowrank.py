@@ -82,6 +82,15 @@ def spatial_targets(model, mode="all"):
     return names
 
 
+def target_modules(unet, targets, what):
+    """[(name, module)] of the target layers in ``unet``, all checked before any is used."""
+    modules = dict(unet.named_modules())
+    missing = [name for name in targets if name not in modules]
+    if missing:
+        raise ValueError(f"the video model has no layer '{missing[0]}' for this {what}")
+    return [(name, modules[name]) for name in targets]
+
+
 def module_key(name):
     """A module name as a ParameterDict key (which may not contain dots)."""
     return name.replace(".", "__")
@@ -212,12 +221,8 @@ class LowRankAdapter(nn.Module):
         ``scale`` may be a float or a 0-d tensor / callable read at every call, so a training
         loop can switch α between batches without re-attaching.
         """
-        modules = dict(unet.named_modules())
         handles = []
-        for name in self.targets:
-            mod = modules.get(name)
-            if mod is None:
-                raise ValueError(f"the video model has no layer '{name}' for this {self.kind} adapter")
+        for name, mod in target_modules(unet, self.targets, f"{self.kind} adapter"):
             down, up = self.factors(name)
             hook = self._hook(down, up, scale, isinstance(mod, nn.Conv2d))
             if type(mod) in (nn.Linear, nn.Conv2d) and "forward" not in mod.__dict__ and not mod._forward_hooks:

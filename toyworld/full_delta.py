@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapters.errors import ModelFileError
-from adapters.lowrank import check_fingerprints, module_key, read_adapter_file, spatial_targets, write_adapter_file
+from adapters.lowrank import (check_fingerprints, module_key, read_adapter_file, spatial_targets, target_modules,
+                              write_adapter_file)
 from adapters.spatial_adapters import SpatialAdapters
 
 FULL = "full"
@@ -58,12 +59,8 @@ class FullDelta(nn.Module):
 
     def attach(self, unet, scale=1.0):
         """Forward hooks adding ``layer(x; ΔW, Δb)`` to each target's output; returns handles."""
-        modules = dict(unet.named_modules())
         handles = []
-        for name in self.targets:
-            mod = modules.get(name)
-            if mod is None:
-                raise ValueError(f"the video model has no layer '{name}' for this full-weights delta")
+        for name, mod in target_modules(unet, self.targets, "full-weights delta"):
             dw, db = self._deltas(name)
             handles.append(mod.register_forward_hook(self._hook(dw, db, scale)))
         return handles
