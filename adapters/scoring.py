@@ -92,7 +92,13 @@ def foreground_masks(frames, threshold=0.2):
 def centroid_track(frames, threshold=0.2, min_area=0.002):
     """(F, 2) centroid (x, y) of each frame's foreground, in [0, 1] of the width / height; NaN
     where the foreground covers less than ``min_area`` of the frame."""
-    masks = foreground_masks(frames, threshold).float()
+    return mask_centroids(foreground_masks(frames, threshold), min_area)
+
+
+def mask_centroids(masks, min_area=0.002):
+    """(F, 2) centroid (x, y) of each of (F, H, W) masks, in [0, 1] of the width / height; NaN
+    where a mask covers less than ``min_area`` of the frame."""
+    masks = torch.as_tensor(masks).float()
     f, h, w = masks.shape
     area = masks.flatten(1).mean(1)
     ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h

@@ -312,16 +312,15 @@ def foreground(frames, threshold=40.0):
 
 
 def locate(frames, threshold=40.0):
-    """Subject centre (F, 2) (x, y) in pixels and area (F,) in pixels from the foreground mask;
-    a frame with no foreground gets the image centre and area 0."""
+    """Subject centre (F, 2) (x, y) in pixels and area (F,) in pixels from the foreground mask
+    (the world's known background; the centroid is the pack's ``scoring.mask_centroids``); a
+    frame with no foreground gets the image centre and area 0."""
+    from adapters.scoring import mask_centroids
     fg = foreground(frames, threshold)
     f, h, w = fg.shape
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     area = fg.reshape(f, -1).sum(1).astype(np.float32)
-    safe = np.maximum(area, 1)
-    cx = (fg * xs).reshape(f, -1).sum(1) / safe
-    cy = (fg * ys).reshape(f, -1).sum(1) / safe
-    centres = np.stack([np.where(area > 0, cx, w / 2), np.where(area > 0, cy, h / 2)], 1)
+    track = mask_centroids(fg, min_area=0).numpy().astype(np.float64) * (w, h) - 0.5  # pixel centres
+    centres = np.where((area > 0)[:, None], track, (w / 2, h / 2))
     return centres, area
 
 
