@@ -63,8 +63,8 @@ class AttachMotionAdapter(AttachNode):
                            "linked)."}),
             "motion_scale": ("FLOAT", {"default": 0.0, "min": -2.0, "max": 2.0, "step": 0.05,
                                        "tooltip": "α: 0 = the model's own motion, 1 = frozen (static) video, "
-                                                  "negative = more motion than the original. Behind Spatial Adapters "
-                                                  "whose motion came out weak, try -0.3 to -0.5."}),
+                                                  "negative = more motion than the original. On a naively injected "
+                                                  "model whose motion came out weak, try -0.3 to -0.5."}),
         }, "optional": {"adapter": (ADAPTER, {"tooltip": "A Motion Adapter straight from the trainer node."})}}
 
     OUTPUT_TOOLTIPS = ("The video model with the Motion Adapter as a motion slider.",)

@@ -6,9 +6,9 @@ DreamBooth-style 'sks star' checkpoint. Steps (paper §3):
   2. stills sampled from the customized T2I (temporal layers bypassed: the T2I alone);
   3. the shipped Motion Adapter; Spatial Adapters trained on the stills as frozen videos
      (Motion Adapter α = 1) mixed with natural toy-world videos (α = 0) for prior preservation;
-  4. videos for the same prompts and seeds: base model, naive injection, Still-Moving, and
-     Still-Moving with the Motion Adapter kept at α = -0.5 (the motion slider), written side by
-     side as GIF, WebP and MP4 with the subject's measured motion and customization scores.
+  4. videos for the same prompts and seeds: base model, naive injection and Still-Moving at the
+     paper's inference (Spatial Adapters kept, Motion Adapter removed), written side by side as
+     GIF, WebP and MP4 with the subject's measured motion and customization scores.
 Uses only the library (``adapters``), i.e. the code the ComfyUI nodes call.
 """
 import json
@@ -69,13 +69,14 @@ def scores(frames, prompt):
 
 
 def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.0, train_steps=120,
-        n_stills=8, n_prior=24, motion_scale=-0.5, log=print):
+        n_stills=8, n_prior=24, log=print):
     """Run the demo; returns {"files": [...], "scores": {...}, "seconds": ...}."""
     from adapters import inject, loading, sampling
     from toyworld import world as tw
-    from adapters.data import Clip, encode_clips
-    from adapters.lowrank import LowRankAdapter
-    from adapters.training import TrainSettings, temporal_layers_off, train
+    from adapters.data import Clip
+    from adapters.motion_adapter import MotionAdapter
+    from adapters.spatial_adapters import SpatialAdapters
+    from adapters.training import TrainSettings, temporal_layers_off, train_on_clips
     from adapters.video_model import AdapterPatch
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -99,23 +100,16 @@ def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.
         stills = generate(naive, tw.CUSTOM_CLASS_CAPTION, 1000, n_stills)
     still_clips = [Clip(stills[i:i + 1], tw.CUSTOM_CLASS_CAPTION, f"customized T2I still {i}") for i in range(n_stills)]
     prior = [Clip(tw.to_float(c.frames), c.caption, "toy world video") for c in tw.dataset(n_prior, seed=777)]
-    custom_lat = encode_clips(base, still_clips, size, size)
-    prior_lat = encode_clips(base, prior, size, size)
-    motion_adapter = LowRankAdapter.load(embedded / tw.MODEL_FILES["adapter"], "motion")
+    motion_adapter = MotionAdapter.load(embedded / tw.MODEL_FILES["adapter"])
     motion_adapter.check(base, embedded / tw.MODEL_FILES["adapter"])
     log(f"toy demo: training Spatial Adapters ({train_steps} steps)...")
     settings = TrainSettings(steps=train_steps, learning_rate=1e-3, rank=4, batch=2, frames=frames, seed=0,
                              prior_ratio=0.5)
-    res = train(naive, "spatial", settings, out_dir / "toy_spatial_adapters.safetensors", custom_clips=custom_lat,
-                prior_clips=prior_lat, motion_adapter=motion_adapter)
+    res = train_on_clips(naive, SpatialAdapters, settings, out_dir / "toy_spatial_adapters.safetensors", still_clips,
+                         prior, width=size, height=size, motion_adapter=motion_adapter)
     log(f"toy demo: trained in {res.seconds:.0f} s -> {res.path}")
     still_moving = naive.with_patch(AdapterPatch(res.adapter, 1.0, True, str(res.path)))
-    # the Motion Adapter kept as the slider: on the toy world, α = -0.5 gave Still-Moving back the
-    # base's motion and direction (benchmarks/README.md, 40 videos a row)
-    slid = still_moving.with_patch(AdapterPatch(motion_adapter, motion_scale, True,
-                                                      str(embedded / tw.MODEL_FILES["adapter"])))
-    rows = (("base", base), ("naive injection", naive), ("Still-Moving", still_moving),
-            (f"Still-Moving motion {motion_scale:+g}", slid))
+    rows = (("base", base), ("naive injection", naive), ("Still-Moving", still_moving))
     written, table = [], {}
     for prompt in prompts:
         for seed in seeds:
