@@ -306,6 +306,12 @@ def train(job, device=None):
                                              height=job["height"], motion_adapter=motion, resume=job["resume"],
                                              callback=progress, metadata={"processes": acc.num_processes},
                                              accelerator=acc)
+            bar.close()
+            last = [loss for _, loss, _ in result.losses[-10:]]
+            say(f"saved {result.path}\n  steps {result.step}, {result.seconds:.1f} s training ({time.time() - t0:.1f} s "
+                f"with loading), mean loss of the last {len(last)} steps {sum(last) / max(1, len(last)):.5f}")
+            if job["check"] and main:  # while the model is still on the device
+                say(_freeze_check(job, model, result.adapter, custom, acc.device).summary())
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -314,25 +320,18 @@ def train(job, device=None):
                 if path.exists() else "nothing was saved."
             print(f"\ninterrupted at step {done['step']}: {saved}", file=sys.stderr)
         return 130
-    bar.close()
-    last = [loss for _, loss, _ in result.losses[-10:]]
-    say(f"saved {result.path}\n  steps {result.step}, {result.seconds:.1f} s training ({time.time() - t0:.1f} s with "
-        f"loading), mean loss of the last {len(last)} steps {sum(last) / max(1, len(last)):.5f}")
-    if job["check"] and main:
-        check = _freeze_check(job, model, result.adapter, custom, acc.device)
-        say(check.summary())
     return 0
 
 
 def _freeze_check(job, model, adapter, videos, device):
-    """The Motion Adapter's freeze check on the config's prompts (default: the videos' captions)."""
+    """The Motion Adapter's freeze check on the config's prompts (default: the videos' captions),
+    with ``model`` already on ``device``."""
     from .motion_adapter import check_freezes
     c = job["check"]
     prompts = c["prompts"] or list(dict.fromkeys(v.caption for v in videos))[:2]
-    with model.on_device(device):
-        return check_freezes(model, adapter, prompts, seeds=c["seeds"], steps=c["steps"], cfg=c["cfg"],
-                             width=job["width"], height=job["height"], frames=c["frames"] or job["settings"].frames,
-                             device=device)
+    return check_freezes(model, adapter, prompts, seeds=c["seeds"], steps=c["steps"], cfg=c["cfg"],
+                         width=job["width"], height=job["height"], frames=c["frames"] or job["settings"].frames,
+                         device=device)
 
 
 def dry_run(job, device=None):

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .spatial_adapters import SpatialAdapters
 from .training import noise_schedule
 from .video_model import AdapterPatch
 
@@ -38,7 +39,7 @@ _BLOCK_ORDER = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
 # ---- which patch is what ------------------------------------------------------------------------
 def is_spatial_adapters(patch):
     """Spatial Adapters attached to the video model (what the report's 'after' measures)."""
-    return isinstance(patch, AdapterPatch) and getattr(patch.adapter, "kind", None) == "spatial"
+    return isinstance(patch, AdapterPatch) and isinstance(patch.adapter, SpatialAdapters)
 
 
 def is_customization(patch):
@@ -290,7 +291,6 @@ def injection_report(model, *, base=None, adapters=None, strength=1.0, prompts=(
     after = model if spatial else None
     adapter_desc = _describe(spatial)
     if adapters is not None:
-        from .spatial_adapters import SpatialAdapters
         SpatialAdapters.expect(adapters)
         after = adapters.add_to(after or model, strength, merged=True, source="(adapters input)")
         adapter_desc.append(f"spatial adapter (UNet, {strength:g}): (adapters input)")

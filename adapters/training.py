@@ -33,7 +33,7 @@ class TrainingRecipe:
     bypass_temporal: bool = False  # every motion module bypassed on every step
 
     def clip_frames(self, use_prior):
-        """The ``frozen`` argument of ``clip_latents`` for a prior or a custom example."""
+        """The ``frozen`` argument of ``_clip_latents`` for a prior or a custom example."""
         return False if use_prior else self.frozen
 
 
@@ -114,7 +114,7 @@ def train_on_clips(model, adapter_cls, settings, path, custom, prior=(), *, widt
     return train(model, adapter_cls, settings, path, custom_clips=custom_l, prior_clips=prior_l, **train_kw)
 
 
-def clip_latents(clip, frames, frozen, g):
+def _clip_latents(clip, frames, frozen, g):
     """(C, F, h, w) for one training example: a frozen clip (one random frame repeated) or a
     window of ``frames`` consecutive frames of a natural clip. ``frozen="unordered"``: ``frames``
     frames in random order (Customize-A-Video's absorber sees a video as a bag of images)."""
@@ -288,7 +288,7 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
                 pool = prior_clips if use_prior else custom_clips
                 idx = torch.randint(len(pool), (settings.batch,), generator=g).tolist()
                 frozen = recipe.clip_frames(use_prior)
-                lat = torch.stack([clip_latents(pool[i], settings.frames, frozen, g) for i in idx]).to(device)
+                lat = torch.stack([_clip_latents(pool[i], settings.frames, frozen, g) for i in idx]).to(device)
                 captions = [pool[i].caption for i in idx]
                 noise = torch.randn(lat.shape, generator=g).to(device)
                 t = torch.randint(0, 1000, (settings.batch,), generator=g).to(device)
@@ -375,7 +375,7 @@ def mean_loss(model, clips, frames, frozen, seed=0, samples=8, device="cpu"):
         for i in range(samples):
             g = _step_generator(seed + 7919, i)
             clip = clips[int(torch.randint(len(clips), (1,), generator=g))]
-            lat = clip_latents(clip, frames, frozen, g)[None].to(device)
+            lat = _clip_latents(clip, frames, frozen, g)[None].to(device)
             noise = torch.randn(lat.shape, generator=g).to(device)
             t = torch.randint(0, 1000, (1,), generator=g).to(device)
             a = alphas[t].view(-1, 1, 1, 1, 1)

@@ -107,8 +107,8 @@ class TrainSubjectModule(Trainer):
                    "steps; these defaults are shorter and not tuned. Saved to models/still_moving/subject/.")
 
     def train(self, video_model, reference_images, prior_images=None, **inputs):
-        return self.outputs(self._train(SubjectModule, video_model, reference_images, list(prior_images or []), None,
-                                        inputs))
+        result, _ = self._train(SubjectModule, video_model, reference_images, list(prior_images or []), None, inputs)
+        return self.outputs(result)
 
 
 class TrainAppearanceAbsorber(Trainer):
@@ -128,7 +128,8 @@ class TrainAppearanceAbsorber(Trainer):
                    "Saved to models/still_moving/absorber/.")
 
     def train(self, video_model, reference_video, **inputs):
-        return self.outputs(self._train(AppearanceAbsorber, video_model, reference_video, [], None, inputs))
+        result, _ = self._train(AppearanceAbsorber, video_model, reference_video, [], None, inputs)
+        return self.outputs(result)
 
 
 class TrainTemporalLoRA(Trainer):
@@ -152,5 +153,6 @@ class TrainTemporalLoRA(Trainer):
         model = video_model
         if absorber is not None:  # merged: folded into the weights for the run, nothing of it trains
             model = customize.with_absorber(video_model, absorber)
-        return self.outputs(self._train(TemporalLoRA, model, reference_video, [], None, inputs))
+        result, _ = self._train(TemporalLoRA, model, reference_video, [], None, inputs)
+        return self.outputs(result)
 

@@ -8,7 +8,7 @@ from ..adapters.lowrank import LowRankAdapter
 from ..adapters.motion_adapter import MotionAdapter
 from ..adapters.spatial_adapters import SpatialAdapters
 from . import paths
-from .adapter_nodes import ADAPTER, FROM_INPUT, adapter_files, load_adapter
+from .adapter_nodes import ADAPTER, FROM_INPUT, AdapterFileNode, adapter_files, load_adapter
 from .video_model_nodes import CATEGORY, VIDEO_MODEL
 
 EXPORT_CATEGORY = f"{CATEGORY}/export"
@@ -40,7 +40,7 @@ def _spatial_inputs(folder, default):
     }, "optional": {"adapter": (ADAPTER, {"tooltip": "Spatial Adapters straight from the trainer node."})}}
 
 
-class _Export:
+class _Export(AdapterFileNode):
     """What every export node shares: one path out, shown on the node; re-run when the adapter file changes."""
     RETURN_TYPES = PATH_OUT
     RETURN_NAMES = ("path",)
@@ -48,10 +48,6 @@ class _Export:
     OUTPUT_NODE = True
     FUNCTION = "export"
     CATEGORY = EXPORT_CATEGORY
-
-    @classmethod
-    def IS_CHANGED(cls, adapter_name=None, **_):
-        return paths.fingerprint("still_moving", adapter_name)
 
     @staticmethod
     def written(path):

@@ -11,8 +11,7 @@ import comfy.weight_adapter
 
 from ..adapters import detect, keys
 from ..adapters.spatial_adapters import SpatialAdapters
-from . import paths
-from .adapter_nodes import ADAPTER, adapter_files, load_adapter
+from .adapter_nodes import ADAPTER, AdapterFileNode, adapter_files, load_adapter
 from .video_model_nodes import CATEGORY
 
 PREFIX = "diffusion_model."
@@ -69,7 +68,7 @@ def model_patches(model, adapter, source="the adapter"):
     return patches
 
 
-class ApplySpatialAdaptersToModel:
+class ApplySpatialAdaptersToModel(AdapterFileNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -96,10 +95,6 @@ class ApplySpatialAdaptersToModel:
                    "moves like the base model in AnimateDiff-Evolved graphs (any sampler, context options, "
                    "ControlNet...). Use the checkpoint the adapters were trained for; LoRAs loaded before this "
                    "node stay exact.")
-
-    @classmethod
-    def IS_CHANGED(cls, adapter_name=None, **_):
-        return paths.fingerprint("still_moving", adapter_name)
 
     def apply(self, model, adapter_name, strength, adapter=None):
         adapter, path = load_adapter(SpatialAdapters, adapter_name, adapter)

@@ -6,7 +6,7 @@ import comfy.utils
 import folder_paths
 import torch
 
-from ..adapters import data, lowrank, training
+from ..adapters import lowrank, training
 from ..adapters.files import safe_child
 from ..adapters.motion_adapter import MotionAdapter, check_freezes
 from ..adapters.spatial_adapters import SpatialAdapters
@@ -74,11 +74,6 @@ def _out_path(kind, name):
     return safe_child(root, stem if stem.endswith(".safetensors") else f"{stem}.safetensors")
 
 
-def comfy_glue_full_path(name):
-    from . import paths
-    return paths.full_path("still_moving", name)
-
-
 def _plain(clips):
     """Clips whose frames are ordinary tensors (frames made by other nodes are inference tensors)."""
     import dataclasses
@@ -100,9 +95,11 @@ class Trainer:
         """A resumed run re-runs when the file it resumes from changes."""
         return "none" if resume_from in (None, "none") else paths.fingerprint("still_moving", resume_from)
 
-    def _train(self, cls, video_model, custom, prior, motion_adapter, inputs):
+    def _train(self, cls, video_model, custom, prior, motion_adapter, inputs, after=None):
         """Encode the clips and train an adapter of class ``cls`` into models/still_moving/<kind>/;
-        ``inputs``: the node's settings inputs (``settings_inputs``), name, resume_from, unique_id."""
+        ``inputs``: the node's settings inputs (``settings_inputs``), name, resume_from, unique_id.
+        ``after(result, device)`` runs without gradients while the model is still on the device.
+        Returns the ``TrainResult`` and what ``after`` returned."""
         from server import PromptServer
         inputs = dict(inputs)
         name, resume_from = inputs.pop("name"), inputs.pop("resume_from", "none")
@@ -110,7 +107,7 @@ class Trainer:
         s = training.TrainSettings.from_inputs(inputs, f"{cls.__name__} node")
         device = comfy_glue.device()
         comfy_glue.make_room()
-        resume = None if resume_from in (None, "none") else comfy_glue_full_path(resume_from)
+        resume = None if resume_from in (None, "none") else paths.full_path("still_moving", resume_from)
         bar = comfy.utils.ProgressBar(s.steps)
 
         def callback(step, total, loss, source):
@@ -126,8 +123,12 @@ class Trainer:
                 video_model, cls, s, _out_path(cls.kind, name), _plain(custom), _plain(prior), width=width,
                 height=height, motion_adapter=motion_adapter, resume=resume, device=device, callback=callback,
                 should_stop=mm.processing_interrupted)
+            extra = None
+            if after is not None and not mm.processing_interrupted():
+                with torch.no_grad():
+                    extra = after(result, device)
         mm.throw_exception_if_processing_interrupted()  # Cancel: saved above, now stop the graph
-        return result
+        return result, extra
 
     @staticmethod
     def outputs(result):
@@ -164,15 +165,13 @@ class TrainMotionAdapter(Trainer):
         "freeze video), with a warning when it does not.",)
 
     def train(self, video_model, videos, **inputs):
-        result = self._train(MotionAdapter, video_model, videos, [], None, inputs)
-        # the check: the training clips' captions at seeds no training step used
-        device = comfy_glue.device()
         prompts = list(dict.fromkeys(c.caption for c in videos))[:2]
-        with torch.no_grad(), video_model.on_device(device):
-            check = check_freezes(video_model, result.adapter, prompts, width=inputs["width"], height=inputs["height"],
-                                  frames=inputs["frames"], device=device, should_stop=mm.processing_interrupted)
-        mm.throw_exception_if_processing_interrupted()
-        text = check.summary()
+
+        def check(result, device):  # the training clips' captions at seeds no training step used
+            return check_freezes(video_model, result.adapter, prompts, width=inputs["width"], height=inputs["height"],
+                                 frames=inputs["frames"], device=device, should_stop=mm.processing_interrupted)
+        result, freeze = self._train(MotionAdapter, video_model, videos, [], None, inputs, after=check)
+        text = freeze.summary()
         return {"ui": {"text": [text]}, "result": self.outputs(result) + (text,)}
 
 
@@ -208,5 +207,5 @@ class TrainSpatialAdapters(Trainer):
 
     def train(self, video_model, motion_adapter, customized_stills, prior_videos, target_layers, **inputs):
         inputs["target_mode"] = target_layers
-        return self.outputs(self._train(SpatialAdapters, video_model, customized_stills, prior_videos, motion_adapter,
-                                        inputs))
+        result, _ = self._train(SpatialAdapters, video_model, customized_stills, prior_videos, motion_adapter, inputs)
+        return self.outputs(result)

@@ -238,6 +238,26 @@ def train_motion_adapter():
     return g
 
 
+def images_from_checkpoint(g, ckpt, ckpt_title, prompt, seed, title=None):
+    """A new row: a checkpoint makes 8 images of ``prompt`` with the native KSampler, turned into
+    training clips captioned ``prompt``; returns the clips node."""
+    y = g.row()
+    ck = checkpoint(g, 0, ckpt, ckpt_title, y=y)
+    pos = encode(g, 1, prompt, y=y)
+    neg = encode(g, 1, "blurry, low quality")
+    empty = g.node("EmptyLatentImage", 1, [("width", 512), ("height", 512), ("batch_size", 8)],
+                   outputs=[("LATENT", "LATENT")])
+    ks = ksampler(g, 2, seed, y=y)
+    dec = g.node("VAEDecode", 3, inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], y=y)
+    clips = g.node("SM_ClipsFromImages", 3, [("caption", prompt)], inputs=[("images", "IMAGE")], outputs=CLIPS_OUT,
+                   title=title)
+    for a, slot, b, name in [(ck, 1, pos, "clip"), (ck, 1, neg, "clip"), (ck, 0, ks, "model"), (pos, 0, ks, "positive"),
+                             (neg, 0, ks, "negative"), (empty, 0, ks, "latent_image"), (ks, 0, dec, "samples"),
+                             (ck, 2, dec, "vae"), (dec, 0, clips, "images")]:
+        g.link(a, slot, b, name)
+    return clips
+
+
 def train_spatial_adapters():
     """Stills from the customized checkpoint (native KSampler) + prior videos -> Spatial Adapters."""
     g = Graph("train_spatial_adapters")
@@ -246,25 +266,14 @@ def train_spatial_adapters():
     prior = prior_clips(g, 1, "a dog running on the beach\na car driving through a city at night\n"
                               "waves crashing on rocks", title="Prior videos (base model)")
     mad = g.node("SM_LoadAdapter", 2, [("adapter_name", MOTION_ADAPTER)], outputs=[ADAPTER])
-    y = g.row()
-    ck = checkpoint(g, 0, CUSTOM, "Customized checkpoint (makes the stills)", y=y)
-    pos = encode(g, 1, "a photo of sks dog", y=y)
-    neg = encode(g, 1, "blurry, low quality")
-    empty = g.node("EmptyLatentImage", 1, [("width", 512), ("height", 512), ("batch_size", 8)],
-                   outputs=[("LATENT", "LATENT")])
-    ks = ksampler(g, 2, 7, y=y)
-    dec = g.node("VAEDecode", 3, inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], y=y)
-    stills = g.node("SM_ClipsFromImages", 3, [("caption", "a photo of sks dog")], inputs=[("images", "IMAGE")],
-                    outputs=CLIPS_OUT)
+    stills = images_from_checkpoint(g, CUSTOM, "Customized checkpoint (makes the stills)", "a photo of sks dog", 7)
     train = g.node("SM_TrainSpatialAdapters", 4, training(1000, 1e-4, 16, 250, "spatial_adapters") + [
         ("prior_ratio", 0.5), ("target_layers", "all"), ("interleaved", False), ("resume_from", "none"),
         ("caption_dropout", 0.0)],
         inputs=[VM, ("motion_adapter", "SM_ADAPTER"), ("customized_stills", "SM_CLIPS"), ("prior_videos", "SM_CLIPS")],
         outputs=TRAIN_OUT)
     prev = g.node("PreviewImage", 5, inputs=[("images", "IMAGE")], title="Loss curve")
-    for a, slot, b, name in [(ck, 1, pos, "clip"), (ck, 1, neg, "clip"), (ck, 0, ks, "model"), (pos, 0, ks, "positive"),
-                             (neg, 0, ks, "negative"), (empty, 0, ks, "latent_image"), (ks, 0, dec, "samples"),
-                             (ck, 2, dec, "vae"), (dec, 0, stills, "images"), (load, 0, inj, "video_model"),
+    for a, slot, b, name in [(load, 0, inj, "video_model"),
                              (load, 0, prior, "video_model"), (inj, 0, train, "video_model"),
                              (mad, 0, train, "motion_adapter"), (stills, 0, train, "customized_stills"),
                              (prior, 0, train, "prior_videos"), (train, 2, prev, "images")]:
@@ -346,20 +355,10 @@ def customcrafter():
     curve = g.node("PreviewImage", 4, inputs=[("images", "IMAGE")], title="Loss curve")
     samp = sampler(g, 5, steps=50, cfg=12.0, scheduler="ddim")
     save = save_webp(g, 6, "still_moving/customcrafter")
-    y = g.row()
-    ck = checkpoint(g, 0, BASE, "Base checkpoint (makes the prior-preservation images)", y=y)
-    pos = encode(g, 1, "a photo of a dog", y=y)
-    neg = encode(g, 1, "blurry, low quality")
-    empty = g.node("EmptyLatentImage", 1, [("width", 512), ("height", 512), ("batch_size", 8)],
-                   outputs=[("LATENT", "LATENT")])
-    ks = ksampler(g, 2, 3, y=y)
-    dec = g.node("VAEDecode", 3, inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], y=y)
-    prior = g.node("SM_ClipsFromImages", 3, [("caption", "a photo of a dog")], inputs=[("images", "IMAGE")],
-                   outputs=CLIPS_OUT, title="Prior-preservation images")
+    prior = images_from_checkpoint(g, BASE, "Base checkpoint (makes the prior-preservation images)",
+                                   "a photo of a dog", 3, title="Prior-preservation images")
     for a, slot, b, name in [(load, 0, train, "video_model"), (refs, 0, train, "reference_images"),
-                             (ck, 1, pos, "clip"), (ck, 1, neg, "clip"), (ck, 0, ks, "model"), (pos, 0, ks, "positive"),
-                             (neg, 0, ks, "negative"), (empty, 0, ks, "latent_image"), (ks, 0, dec, "samples"),
-                             (ck, 2, dec, "vae"), (dec, 0, prior, "images"), (prior, 0, train, "prior_images"),
+                             (prior, 0, train, "prior_images"),
                              (train, 2, curve, "images"), (load, 0, att, "video_model"), (train, 0, att, "adapter"),
                              (att, 0, samp, "video_model"), (sch, 0, samp, "weight_schedule"), (samp, 1, save, "images")]:
         g.link(a, slot, b, name)

@@ -55,7 +55,7 @@ def test_every_node_input_and_output_is_explained(pack_info):
 def test_the_checks_catch_a_bare_node():
     """The style check itself: a missing tooltip, history and measurements are reported."""
     assert _style_problems("x", None, 100)
-    assert _style_problems("x", "Saves the adapter (fixed in session 12).", 100)
+    assert _style_problems("x", "Saves the adapter (see #12).", 100)  # a reference to the tracker
     assert _style_problems("x", "Peaks at 7.3 GiB instead of 21 GiB on a big GPU.", 100)
     assert _style_problems("x", "A long tooltip. " * 30, 100)
     assert not _style_problems("x", "How strongly the adapter acts: 1 as trained.", 100)
