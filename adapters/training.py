@@ -57,6 +57,10 @@ class TrainSettings:
     # customized checkpoint whose empty prompt already draws the subject, that undoes the
     # customization
     caption_dropout: float = 0.0
+    # timesteps drawn uniformly from [min_timestep, max_timestep) (kohya's names); a higher
+    # minimum spends more steps where the noise is high and a video's layout and motion are set
+    min_timestep: int = 0
+    max_timestep: int = 1000
 
     @classmethod
     def from_inputs(cls, values, where="settings"):
@@ -74,6 +78,9 @@ class TrainSettings:
             raise ValueError("steps, batch, frames and rank must be at least 1")
         if not 0 <= self.caption_dropout <= 1:
             raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
+        if not 0 <= self.min_timestep < self.max_timestep <= 1000:
+            raise ValueError(f"timesteps must satisfy 0 <= min_timestep < max_timestep <= 1000, got "
+                             f"{self.min_timestep} and {self.max_timestep}")
         if not 0 <= self.prior_ratio <= 1:
             raise ValueError(f"prior_ratio must be in [0, 1], got {self.prior_ratio}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -291,7 +298,8 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
                 lat = torch.stack([_clip_latents(pool[i], settings.frames, frozen, g) for i in idx]).to(device)
                 captions = [pool[i].caption for i in idx]
                 noise = torch.randn(lat.shape, generator=g).to(device)
-                t = torch.randint(0, 1000, (settings.batch,), generator=g).to(device)
+                t = torch.randint(settings.min_timestep, settings.max_timestep, (settings.batch,),
+                                  generator=g).to(device)
                 if settings.caption_dropout > 0:
                     drop = (torch.rand(settings.batch, generator=g) < settings.caption_dropout).tolist()
                     captions = ["" if d else c for c, d in zip(captions, drop)]

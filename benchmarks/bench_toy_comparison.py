@@ -122,7 +122,7 @@ SETTINGS = {  # full / quick
 PREREGISTERED = {"methods": ("base", "naive", "interpolation", "still_moving"), "seeds": tuple(range(10)),
                  "train_seeds": (0, 1, 2), "custom_motions": CUSTOM_MOTIONS, "sample_steps": 20, "cfg": 4.0,
                  "train_steps": 300, "stills": 8, "prior": 40, "batch": 2, "rank": 4, "lr": 1e-3,
-                 "prior_ratio": 0.5, "caption_dropout": 0.0, "target_mode": "all"}
+                 "prior_ratio": 0.5, "caption_dropout": 0.0, "target_mode": "all", "min_timestep": 0}
 PREMISE_LOSS = 0.75     # (a) naive dir_acc <= 0.75 x base dir_acc on the "sks" prompts
 PREMISE_COLOUR = 0.8    # (b) the customized T2I's colour_acc on the base-world prompts
 EPS = 1e-9              # scores are means of 0/1 outcomes: compare thresholds without float noise
@@ -234,7 +234,7 @@ def train_row(name, naive, base, motion_adapter, stills, prior, s, path, device)
     settings = training.TrainSettings(steps=s["train_steps"], learning_rate=lr, rank=s["rank"], batch=s["batch"],
                                       frames=tw.FRAMES, seed=s["seed"], prior_ratio=ratio,
                                       interleaved=interleaved, caption_dropout=s["caption_dropout"],
-                                      target_mode=s["target_mode"])
+                                      target_mode=s["target_mode"], min_timestep=s["min_timestep"])
     res = training.train(naive, kind, settings, path, custom_clips=stills,
                          prior_clips=prior if ratio > 0 else (), motion_adapter=ma, device=device)
     model = res.adapter.apply(naive) if kind is FullDelta else naive.with_patch(AdapterPatch(res.adapter, 1.0, True))
@@ -366,7 +366,8 @@ def differences(s, names, premise_only):
     mine = dict(s, methods=tuple(names))
     keys = [k for k in PREREGISTERED if not (premise_only and k in ("methods", "train_seeds", "train_steps", "stills",
                                                                      "prior", "batch", "rank", "lr", "prior_ratio",
-                                                                     "caption_dropout", "target_mode"))]
+                                                                     "caption_dropout", "target_mode",
+                                                                     "min_timestep"))]
     return [k for k in keys if (tuple(mine[k]) if isinstance(mine[k], (list, tuple)) else mine[k])
             != PREREGISTERED[k]]
 
@@ -580,7 +581,7 @@ def configure(args):
     elif prereg:
         s["seeds"] = PREREGISTERED["seeds"]
     s.update(cfg=args.cfg, lr=args.lr, full_lr=args.full_lr, rank=args.rank, seed=0, prior_ratio=args.prior_ratio,
-             caption_dropout=args.caption_dropout, target_mode=args.target_mode,
+             caption_dropout=args.caption_dropout, target_mode=args.target_mode, min_timestep=args.min_timestep,
              train_seeds=args.train_seeds or (PREREGISTERED["train_seeds"] if prereg else (0,)))
     if args.batch is not None:
         s["batch"] = args.batch
@@ -677,6 +678,8 @@ def parse_args(argv=None):
                          "(default 0; with --preregistered 0,1,2)")
     ap.add_argument("--target-mode", dest="target_mode", default="all", choices=("all", "attention", "block_outputs"),
                     help="which injected layers get Spatial Adapters")
+    ap.add_argument("--min-timestep", dest="min_timestep", type=int, default=0,
+                    help="adapters train on timesteps drawn from [this, 1000)")
     ap.add_argument("--preregistered", action="store_true",
                     help="the comparison pre-registered in benchmarks/README.md: its rows and seeds, the premise "
                          "measured, a verdict per criterion (verdict.md)")
