@@ -14,7 +14,6 @@ Sampling):
   and the absorber takes the appearance. At inference only temporal LoRAs are attached, each at
   its own strength; they add up.
 """
-from pathlib import Path
 
 from . import training
 from .lowrank import QKV, QKV_OUT, WeightLoRA, attention_targets
@@ -76,18 +75,22 @@ def train_absorber(model, video_clips, settings, out_path, **kw):
     return training.train(model, AppearanceAbsorber, settings, out_path, custom_clips=video_clips, **kw)
 
 
-def with_absorber(model, absorber, source="appearance absorber"):
+def with_absorber(model, absorber):
     """``model`` with the absorber attached at strength 1, merged: its weights are folded into
     the patched layers, so nothing of it can be trained."""
-    return AppearanceAbsorber.expect(absorber).add_to(model, 1.0, merged=True, source=source)
+    return AppearanceAbsorber.expect(absorber).add_to(model, 1.0, merged=True, source=absorber_name(absorber))
 
 
-def train_temporal_lora(model, video_clips, settings, out_path, absorber=None, absorber_source="", metadata=None,
-                        **kw):
+def absorber_name(absorber):
+    """What a temporal LoRA's metadata records of the absorber it was trained with: its file's name."""
+    return absorber.file.name if absorber.file is not None else "(an absorber never saved)"
+
+
+def train_temporal_lora(model, video_clips, settings, out_path, absorber=None, metadata=None, **kw):
     """Customize-A-Video's temporal LoRA on the reference video (real frames, in order), with the
     absorber attached and frozen for the run. The saved file holds only the temporal LoRA."""
     meta = dict(metadata or {})
     if absorber is not None:
-        model = with_absorber(model, absorber, absorber_source or "appearance absorber")
-        meta["absorber"] = Path(absorber_source).name if absorber_source else "(from the graph)"
+        model = with_absorber(model, absorber)
+        meta["absorber"] = absorber_name(absorber)
     return training.train(model, TemporalLoRA, settings, out_path, custom_clips=video_clips, metadata=meta, **kw)

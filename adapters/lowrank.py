@@ -27,6 +27,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -167,6 +168,7 @@ class LowRankAdapter(nn.Module):
         self.rank, self.targets = int(rank), list(shapes)
         self.metadata = dict(metadata or {})
         self.extra_tensors = {}
+        self.file = None  # the file last read or written: named in what is trained with this adapter
         g = torch.Generator().manual_seed(seed)
         self.down, self.up = nn.ParameterDict(), nn.ParameterDict()
         for name, (d_in, d_out) in shapes.items():
@@ -266,7 +268,8 @@ class LowRankAdapter(nn.Module):
             tensors[f"{name}.down"] = down.detach().float().cpu()
             tensors[f"{name}.up"] = up.detach().float().cpu()
         tensors.update(extra_tensors or {})
-        return write_adapter_file(path, self.kind, self.rank, self.targets, tensors, self.metadata, overwrite)
+        self.file = write_adapter_file(path, self.kind, self.rank, self.targets, tensors, self.metadata, overwrite)
+        return self.file
 
     @classmethod
     def load(cls, path, kind=None):
@@ -293,6 +296,7 @@ class LowRankAdapter(nn.Module):
                 d.copy_(f.tensors[f"{name}.down"])
                 u.copy_(f.tensors[f"{name}.up"])
         adapter.extra_tensors = {k: v for k, v in f.tensors.items() if not k.endswith((".down", ".up"))}
+        adapter.file = Path(path)
         return adapter
 
     def check(self, model, path=None):

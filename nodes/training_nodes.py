@@ -95,10 +95,11 @@ class Trainer:
         """A resumed run re-runs when the file it resumes from changes."""
         return "none" if resume_from in (None, "none") else paths.fingerprint("still_moving", resume_from)
 
-    def _train(self, cls, video_model, custom, prior, motion_adapter, inputs, after=None):
+    def _train(self, cls, video_model, custom, prior, motion_adapter, inputs, after=None, metadata=None):
         """Encode the clips and train an adapter of class ``cls`` into models/still_moving/<kind>/;
         ``inputs``: the node's settings inputs (``settings_inputs``), name, resume_from, unique_id.
-        ``after(result, device)`` runs without gradients while the model is still on the device.
+        ``after(result, device)`` runs without gradients while the model is still on the device;
+        ``metadata`` is added to the adapter file's.
         Returns the ``TrainResult`` and what ``after`` returned."""
         from server import PromptServer
         inputs = dict(inputs)
@@ -122,7 +123,7 @@ class Trainer:
             result = training.train_on_clips(
                 video_model, cls, s, _out_path(cls.kind, name), _plain(custom), _plain(prior), width=width,
                 height=height, motion_adapter=motion_adapter, resume=resume, device=device, callback=callback,
-                should_stop=mm.processing_interrupted)
+                should_stop=mm.processing_interrupted, metadata=metadata)
             extra = None
             if after is not None and not mm.processing_interrupted():
                 with torch.no_grad():

@@ -260,6 +260,24 @@ def test_caption_dropout_trains_on_the_empty_prompt(models, tmp_path):
         training.TrainSettings(caption_dropout=1.5).validate()
 
 
+def test_timesteps_are_drawn_from_the_settings_range(models, tmp_path):
+    base, _ = models
+    seen = []
+    hook = base.unet.register_forward_pre_hook(lambda mod, args: seen.extend(args[1].tolist()))
+    try:
+        for lo, hi in ((0, 1000), (900, 1000), (0, 100)):
+            s = training.TrainSettings(steps=8, rank=4, frames=4, batch=2, min_timestep=lo, max_timestep=hi)
+            del seen[:]
+            training.train(base, MotionAdapter, s, tmp_path / f"t{lo}.safetensors", custom_clips=_clips())
+            assert len(seen) == 16 and all(lo <= t < hi for t in seen), (lo, hi, seen)
+            if (lo, hi) == (0, 1000):
+                assert min(seen) < 900 and max(seen) >= 100  # the default range is not one of the narrow ones
+    finally:
+        hook.remove()
+    with pytest.raises(ValueError, match="min_timestep < max_timestep"):
+        training.TrainSettings(min_timestep=500, max_timestep=500).validate()
+
+
 def test_nan_loss_stops_with_a_clear_error(models, tmp_path):
     base, _ = models
     bad = _clips()

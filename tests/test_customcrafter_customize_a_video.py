@@ -230,10 +230,10 @@ def test_absorber_training_bypasses_the_temporal_layers(models, tmp_path):
 def test_absorber_is_frozen_while_the_temporal_lora_trains_and_absent_after(models, tmp_path):
     base, _ = models
     absorber = _randomize(AppearanceAbsorber.for_model(base, rank=4), seed=7, std=0.2)
+    absorber.save(tmp_path / "absorber_x.safetensors")
     snapshot = {k: v.detach().clone() for k, v in absorber.state_dict().items()}
     s = training.TrainSettings(steps=3, learning_rate=1e-3, rank=4, frames=4, seed=5)
-    with_abs = customize.train_temporal_lora(base, _video_clip(), s, tmp_path / "t.safetensors", absorber=absorber,
-                                             absorber_source="absorber_x.safetensors")
+    with_abs = customize.train_temporal_lora(base, _video_clip(), s, tmp_path / "t.safetensors", absorber=absorber)
     without = customize.train_temporal_lora(base, _video_clip(), s, tmp_path / "t0.safetensors")
     # frozen: bit-identical, and no gradient was even computed for it
     assert all(torch.equal(snapshot[k], v) for k, v in absorber.state_dict().items())
@@ -247,6 +247,9 @@ def test_absorber_is_frozen_while_the_temporal_lora_trains_and_absent_after(mode
     # the file holds the temporal LoRA alone; attaching it brings no spatial change
     saved = TemporalLoRA.load(with_abs.path)
     assert saved.metadata["absorber"] == "absorber_x.safetensors"
+    loaded = AppearanceAbsorber.load(tmp_path / "absorber_x.safetensors")
+    assert customize.absorber_name(loaded) == "absorber_x.safetensors"
+    assert customize.absorber_name(AppearanceAbsorber.for_model(base, rank=4)) == "(an absorber never saved)"
     assert all(".motion_modules." in n for n in saved.targets)
     assert all(k.startswith("trainer.") for k in saved.extra_tensors)
     before = _patched_params(base)

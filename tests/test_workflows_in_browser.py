@@ -301,6 +301,9 @@ def test_workflow_in_the_editor(editor, name):
         settings = adapter.metadata["settings"]  # the node's inputs, optional widgets included, reached the trainer
         assert {key: settings[key] for key in want if key in settings} == {k2: v for k2, v in want.items() if k2 in settings}
         check_loss_plot(ed, name, k, want["steps"])
+        if "absorber" in api[k]["inputs"]:  # the absorber it trained with is named by its file
+            source = api[api[k]["inputs"]["absorber"][0]]["inputs"]["name"]
+            assert [p.name for p in new if p.name.startswith(source)] == [adapter.metadata["absorber"]]
         if api[k]["class_type"] == "SM_TrainMotionAdapter":  # its check, in the output and on the node
             assert "Motion Adapter check" in outputs[k]["text"][0], outputs[k]
             shown = ed.js("id => app.graph.getNodeById(Number(id)).widgets.find((w) => w.name === 'sm_text_result')"
