@@ -19,7 +19,8 @@ Stages (each cached in --work, so a later stage can be re-run alone):
   5. adapter   the pack's Motion Adapter (adapters.training.train) on frozen clips
   6. custom    DreamBooth-style fine-tune of the T2I UNet on the 'sks star' stills, with prior
                preservation on base-world frames and caption dropout (--custom-steps,
-               --custom-lr, --custom-prior-share make stronger ones; benchmarks/README.md)
+               --custom-lr, --custom-prior-share make stronger ones, --custom-prior-captions
+               class captions the prior frames without their motion; benchmarks/README.md)
   unpack       (not in the default chain) rebuilds the work files stages 5-6 start from out of the
                files already in --out, e.g. a copy of embedded/: a stronger customization of the
                shipped models is then `--stages unpack,custom,measure` (minutes, not the chain's 76)
@@ -648,11 +649,15 @@ def train_adapter(steps, work, out):
 
 # --- 5. DreamBooth-style customization ------------------------------------------------------------
 
-def train_custom(steps, work, lr=LR["custom"], prior_share=0.5):
-    """``prior_share`` of each batch of 8 is base-world frames with their captions (DreamBooth's
-    prior preservation); 0 fine-tunes on the stills alone, a stronger customization."""
+def train_custom(steps, work, lr=LR["custom"], prior_share=0.5, prior_captions="clip"):
+    """``prior_share`` of each batch of 8 is base-world frames (DreamBooth's prior preservation);
+    0 fine-tunes on the stills alone, a stronger customization. ``prior_captions``: "clip", the
+    frames' own captions, motion words included; "class", "a <colour> <shape>" (DreamBooth's class
+    prompt: a still says nothing of motion)."""
     vae = load_vae(work)
     lat, caps = world_latents(work, vae)
+    if prior_captions == "class":
+        caps = [" ".join(["a", *(tw.parse_caption(c)[k] for k in ("colour", "shape"))]) for c in caps]
     stills = tw.custom_stills(6, seed=0)
     custom = encode(vae, np.concatenate([s.frames for s in stills]))
     prior = lat[:, :, 0]
@@ -684,7 +689,8 @@ def train_custom(steps, work, lr=LR["custom"], prior_share=0.5):
         if step % 50 == 0 or step == steps - 1:
             log(f"  custom {step:4d} loss {loss.item():.4f}")
     torch.save({"unet": unet.state_dict(), "text": te.state_dict()}, work / "custom.pt")
-    return {"stills": len(stills), "caption": tw.CUSTOM_CLASS_CAPTION, "learning_rate": lr, "prior_share": prior_share}
+    return {"stills": len(stills), "caption": tw.CUSTOM_CLASS_CAPTION, "learning_rate": lr, "prior_share": prior_share,
+            "prior_captions": prior_captions}
 
 
 def write_custom(work, out):
@@ -749,6 +755,9 @@ def main():
     ap.add_argument("--custom-lr", dest="custom_lr", type=float, default=LR["custom"])
     ap.add_argument("--custom-prior-share", dest="custom_prior_share", type=float, default=0.5,
                     help="share of each custom-stage batch from the base world (0: no prior preservation)")
+    ap.add_argument("--custom-prior-captions", dest="custom_prior_captions", choices=("clip", "class"), default="clip",
+                    help="the prior frames' captions: their clip's (motion words included) or the class prompt "
+                         "'a <colour> <shape>'")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -786,7 +795,7 @@ def main():
         elif stage == "adapter":
             info = train_adapter(steps, args.work, args.out)
         elif stage == "custom":
-            info = train_custom(steps, args.work, args.custom_lr, args.custom_prior_share)
+            info = train_custom(steps, args.work, args.custom_lr, args.custom_prior_share, args.custom_prior_captions)
             write_custom(args.work, args.out)
         elif stage == "measure":
             info = measure(args.out)
