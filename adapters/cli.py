@@ -33,8 +33,9 @@ KINDS = ("motion", "spatial")
 TOP_KEYS = {"kind", "checkpoint", "motion_module", "tokenizer", "inject", "motion_adapter", "videos", "stills",
             "width", "height", "out", "resume", "settings", "check"}
 SPATIAL_ONLY = ("inject", "motion_adapter", "stills")
-# kind "motion": after training, short videos at α = 0 and 1 show whether the adapter freezes video
-# (prompts default to the videos' captions); "check": false skips it
+# after training, short videos at α = 0 and 1 show whether the Motion Adapter freezes video: kind
+# "motion" the trained one on the base model (prompts default to the videos' captions), kind
+# "spatial" the one trained against on the injected model (the stills' captions); false skips it
 CHECK = {"prompts": (list, None), "seeds": (list, [1000, 1001]), "steps": (int, 10), "cfg": (float, 7.5),
          "frames": (int, None)}
 # sub-key -> (type, default); a default of ... means required
@@ -89,10 +90,11 @@ def _section(cfg, d, schema, where):
     return out
 
 
-def _check_section(cfg, d, kind):
-    if d is False or kind != "motion":
+def _check_section(cfg, d, interleaved):
+    if d is False or interleaved:
         if d not in (None, False):
-            raise ConfigError(cfg, "'check' applies to kind \"motion\" only (it checks the Motion Adapter freezes).")
+            raise ConfigError(cfg, "'check' needs a Motion Adapter, which an interleaved run does not train "
+                                   "with: leave 'check' out.")
         return None
     sec = _section(cfg, d or {}, CHECK, "check")
     for key, item in (("prompts", str), ("seeds", int)):
@@ -164,7 +166,8 @@ def read_config(path):
         wrong = [k for k in SPATIAL_ONLY if raw.get(k) is not None]
         raise ConfigError(cfg, f"{', '.join(map(repr, wrong))} only apply to kind \"spatial\": the Motion Adapter "
                           "trains on the plain (non-customized) video model.")
-    job = {"config": cfg, "kind": kind, "settings": settings, "check": _check_section(cfg, raw.get("check"), kind),
+    job = {"config": cfg, "kind": kind, "settings": settings,
+           "check": _check_section(cfg, raw.get("check"), settings.interleaved),
            "checkpoint": _path(cfg, raw["checkpoint"], "checkpoint", "any"),
            "motion_module": _path(cfg, raw["motion_module"], "motion_module", "any"),
            "out": _path(cfg, raw["out"], "out", None),
@@ -311,7 +314,8 @@ def train(job, device=None):
             say(f"saved {result.path}\n  steps {result.step}, {result.seconds:.1f} s training ({time.time() - t0:.1f} s "
                 f"with loading), mean loss of the last {len(last)} steps {sum(last) / max(1, len(last)):.5f}")
             if job["check"] and main:  # while the model is still on the device
-                say(_freeze_check(job, model, result.adapter, custom, acc.device).summary())
+                say(_freeze_check(job, model, result.adapter if motion is None else motion, custom,
+                                  acc.device).summary())
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -323,12 +327,12 @@ def train(job, device=None):
     return 0
 
 
-def _freeze_check(job, model, adapter, videos, device):
-    """The Motion Adapter's freeze check on the config's prompts (default: the videos' captions),
-    with ``model`` already on ``device``."""
+def _freeze_check(job, model, adapter, clips, device):
+    """The Motion Adapter's freeze check on the config's prompts (default: the training clips'
+    captions), with ``model`` already on ``device``."""
     from .motion_adapter import check_freezes
     c = job["check"]
-    prompts = c["prompts"] or list(dict.fromkeys(v.caption for v in videos))[:2]
+    prompts = c["prompts"] or list(dict.fromkeys(v.caption for v in clips))[:2]
     return check_freezes(model, adapter, prompts, seeds=c["seeds"], steps=c["steps"], cfg=c["cfg"],
                          width=job["width"], height=job["height"], frames=c["frames"] or job["settings"].frames,
                          device=device)

@@ -33,12 +33,15 @@ class MotionAdapter(WeightLoRA):
 @dataclass
 class FreezeCheck:
     """The motion of short generated videos with the Motion Adapter at α = 0 (the model's own)
-    and α = 1 (which should be still): mean absolute change between consecutive frames."""
+    and α = 1 (which should be still): mean absolute change between consecutive frames.
+    ``customized``: measured on a video model with a customized checkpoint injected (before
+    Spatial Adapters train against it) rather than on the base model it was trained on."""
     motion: dict          # α -> mean frame difference over the prompts and seeds
     prompts: tuple
     seeds: tuple
     steps: int
     limit: float = FREEZE_LIMIT
+    customized: bool = False
 
     @property
     def share(self):
@@ -51,10 +54,17 @@ class FreezeCheck:
 
     def summary(self):
         where = f"{len(self.prompts)} prompt(s) x {len(self.seeds)} seed(s), {self.steps} steps"
-        head = (f"Motion Adapter check ({where}): at α = 1 the videos keep {100 * self.share:.0f} % of the "
-                f"model's own motion (frame difference {self.motion[1.0]:.4f} vs {self.motion[0.0]:.4f} at α = 0).")
+        model = "the customized model's" if self.customized else "the model's"
+        head = (f"Motion Adapter check ({where}): at α = 1 the videos keep {100 * self.share:.0f} % of "
+                f"{model} own motion (frame difference {self.motion[1.0]:.4f} vs {self.motion[0.0]:.4f} at α = 0).")
         if self.freezes:
-            return head + " It freezes video: ready for Train Spatial Adapters."
+            return head + (" It freezes this customized model: its stills teach appearance, not stillness."
+                           if self.customized else " It freezes video: ready for Train Spatial Adapters.")
+        if self.customized:
+            return (head + f"\nWARNING: the Motion Adapter does not freeze this customized model (more than "
+                    f"{100 * self.limit:.0f} % of its motion is left). Spatial Adapters trained against it learn to "
+                    "hold what the stills show still, and can move less than naive injection: sample both and compare "
+                    "before using them.")
         return (head + f"\nWARNING: this Motion Adapter does not freeze video (more than {100 * self.limit:.0f} % "
                 "of the motion is left). Spatial Adapters trained with it would learn to damp motion. Resume it "
                 "for more steps, or train again with a higher learning rate or rank.")
@@ -63,7 +73,8 @@ class FreezeCheck:
 def check_freezes(model, adapter, prompts, *, seeds=(1000, 1001), steps=10, cfg=7.5, width=256, height=256,
                   frames=16, device="cpu", should_stop=None):
     """Sample each prompt and seed at α = 0 and α = 1 and compare their motion (``FreezeCheck``).
-    Use prompts and seeds the adapter was not trained on; ``should_stop()`` ends it early (None)."""
+    Use prompts and seeds the adapter was not trained on; ``should_stop()`` ends it early (None).
+    On a model with a customized checkpoint injected, the check says so in its summary."""
     from . import sampling, scoring
     prompts = tuple(dict.fromkeys(prompts)) or ("",)
     motion = {}
@@ -78,4 +89,5 @@ def check_freezes(model, adapter, prompts, *, seeds=(1000, 1001), steps=10, cfg=
                                                width=width, height=height, frames=frames)
                 values.append(scoring.frame_difference(video))
         motion[alpha] = sum(values) / len(values)
-    return FreezeCheck(motion, prompts, tuple(seeds), steps)
+    customized = any(getattr(p, "injection", False) for p in model.patches)
+    return FreezeCheck(motion, prompts, tuple(seeds), steps, customized=customized)

@@ -204,9 +204,25 @@ class TrainSpatialAdapters(Trainer):
                 "hidden": {"unique_id": "UNIQUE_ID"}}
 
     DESCRIPTION = ("Trains Spatial Adapters for an injected customized model, so it keeps its look and moves "
-                   "naturally (paper §3.3); saved to models/still_moving/spatial/.")
+                   "naturally (paper §3.3); saved to models/still_moving/spatial/. Ends with a check of whether "
+                   "the Motion Adapter froze this customized model's videos, as the training assumes.")
+
+    RETURN_TYPES = Trainer.RETURN_TYPES + ("STRING",)
+    RETURN_NAMES = Trainer.RETURN_NAMES + ("check",)
+    OUTPUT_TOOLTIPS = Trainer.OUTPUT_TOOLTIPS + (
+        "How much of the customized model's own motion the Motion Adapter leaves at α = 1, with a warning "
+        "when it does not freeze it (the adapters then learn to hold the subject still).",)
 
     def train(self, video_model, motion_adapter, customized_stills, prior_videos, target_layers, **inputs):
         inputs["target_mode"] = target_layers
-        result, _ = self._train(SpatialAdapters, video_model, customized_stills, prior_videos, motion_adapter, inputs)
-        return self.outputs(result)
+        prompts = list(dict.fromkeys(c.caption for c in customized_stills))[:2]
+
+        def check(result, device):  # the Motion Adapter on the injected model, at seeds no step used
+            return check_freezes(video_model, motion_adapter, prompts, width=inputs["width"], height=inputs["height"],
+                                 frames=inputs["frames"], device=device, should_stop=mm.processing_interrupted)
+        interleaved = inputs.get("interleaved", False)
+        result, freeze = self._train(SpatialAdapters, video_model, customized_stills, prior_videos, motion_adapter,
+                                     inputs, after=None if interleaved else check)
+        text = ("No Motion Adapter check: an interleaved run trains without it." if interleaved
+                else freeze.summary())
+        return {"ui": {"text": [text]}, "result": self.outputs(result) + (text,)}

@@ -271,7 +271,7 @@ def train_spatial_adapters():
         ("prior_ratio", 0.5), ("target_layers", "all"), ("interleaved", False), ("resume_from", "none"),
         ("caption_dropout", 0.0)],
         inputs=[VM, ("motion_adapter", "SM_ADAPTER"), ("customized_stills", "SM_CLIPS"), ("prior_videos", "SM_CLIPS")],
-        outputs=TRAIN_OUT)
+        outputs=TRAIN_OUT + [("check", "STRING")])
     prev = g.node("PreviewImage", 5, inputs=[("images", "IMAGE")], title="Loss curve")
     for a, slot, b, name in [(load, 0, inj, "video_model"),
                              (load, 0, prior, "video_model"), (inj, 0, train, "video_model"),

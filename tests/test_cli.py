@@ -103,6 +103,10 @@ def test_train_spatial_with_motion_adapter_and_injection(tmp_path, tiny_files, m
     adapter = SpatialAdapters.load(tmp_path / "sp.safetensors")
     assert int(adapter.metadata["step"]) == 2 and adapter.metadata["customized"] == "custom.safetensors"
     assert all(t.endswith(("proj_out", "conv2")) for t in adapter.targets)
+    # the Motion Adapter it trained against, checked on the injected model with the stills' caption
+    assert "Motion Adapter check (1 prompt(s) x 2 seed(s), 10 steps)" in run.stdout, run.stdout
+    assert "of the customized model's own motion" in run.stdout
+    assert "WARNING: the Motion Adapter does not freeze this customized model" in run.stdout
 
 
 @pytest.mark.parametrize("change, message", [
@@ -116,6 +120,8 @@ def test_train_spatial_with_motion_adapter_and_injection(tmp_path, tiny_files, m
     ({"check": {"steps": "ten"}}, "check.steps must be an integer"),
     ({"check": {"prompts": ["a dog", 3]}}, r"check.prompts\[1\] must be a string"),
     ({"check": {"seeds": []}}, "may not be empty lists"),
+    ({"kind": "spatial", "stills": {"folder": "s"}, "inject": {"checkpoint": "c.safetensors"},
+      "settings": {"interleaved": True}, "check": {"steps": 4}}, "an interleaved run does not train with"),
 ])
 def test_bad_config_names_the_config(tmp_path, tiny_files, media, change, message):
     cfg = _motion_cfg(tmp_path, tiny_files, media, steps=1, **change)

@@ -304,8 +304,10 @@ def test_workflow_in_the_editor(editor, name):
         if "absorber" in api[k]["inputs"]:  # the absorber it trained with is named by its file
             source = api[api[k]["inputs"]["absorber"][0]]["inputs"]["name"]
             assert [p.name for p in new if p.name.startswith(source)] == [adapter.metadata["absorber"]]
-        if api[k]["class_type"] == "SM_TrainMotionAdapter":  # its check, in the output and on the node
-            assert "Motion Adapter check" in outputs[k]["text"][0], outputs[k]
+        if api[k]["class_type"] in ("SM_TrainMotionAdapter", "SM_TrainSpatialAdapters"):  # the check, in the
+            assert "Motion Adapter check" in outputs[k]["text"][0], outputs[k]                   # output and on the node
+            customized = api[k]["class_type"] == "SM_TrainSpatialAdapters"
+            assert ("the customized model's own motion" in outputs[k]["text"][0]) == customized, outputs[k]
             shown = ed.js("id => app.graph.getNodeById(Number(id)).widgets.find((w) => w.name === 'sm_text_result')"
                           "?.box.value", k)
             assert shown == outputs[k]["text"][0]
