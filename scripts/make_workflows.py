@@ -269,7 +269,7 @@ def train_spatial_adapters():
     stills = images_from_checkpoint(g, CUSTOM, "Customized checkpoint (makes the stills)", "a photo of sks dog", 7)
     train = g.node("SM_TrainSpatialAdapters", 4, training(1000, 1e-4, 16, 250, "spatial_adapters") + [
         ("prior_ratio", 0.5), ("target_layers", "all"), ("interleaved", False), ("resume_from", "none"),
-        ("caption_dropout", 0.0)],
+        ("caption_dropout", 0.0), ("min_timestep", 500)],
         inputs=[VM, ("motion_adapter", "SM_ADAPTER"), ("customized_stills", "SM_CLIPS"), ("prior_videos", "SM_CLIPS")],
         outputs=TRAIN_OUT + [("check", "STRING")])
     prev = g.node("PreviewImage", 5, inputs=[("images", "IMAGE")], title="Loss curve")

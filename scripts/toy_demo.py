@@ -104,7 +104,7 @@ def run(out_dir, embedded=EMBEDDED, prompts=None, seeds=(0, 1), steps=20, cfg=4.
     motion_adapter.check(base, embedded / tw.MODEL_FILES["adapter"])
     log(f"toy demo: training Spatial Adapters ({train_steps} steps)...")
     settings = TrainSettings(steps=train_steps, learning_rate=1e-3, rank=4, batch=2, frames=frames, seed=0,
-                             prior_ratio=0.5)
+                             prior_ratio=0.5, min_timestep=500)  # the Train Spatial Adapters node's default
     res = train_on_clips(naive, SpatialAdapters, settings, out_dir / "toy_spatial_adapters.safetensors", still_clips,
                          prior, width=size, height=size, motion_adapter=motion_adapter)
     log(f"toy demo: trained in {res.seconds:.0f} s -> {res.path}")
