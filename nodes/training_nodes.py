@@ -190,8 +190,9 @@ class TrainSpatialAdapters(Trainer):
                                         "tooltip": "Share of steps on the prior videos, which keep the model's "
                                                    "natural motion; 0.5 is a good start."})
         req["target_layers"] = (list(lowrank.SPATIAL_TARGETS), {"default": "all", "tooltip": "Where the adapters "
-                                "sit. all (recommended): after every customized layer; attention: the "
-                                "transformer blocks' layers only (smaller files); block_outputs: the last layer of each block."})
+                                "sit. all (the paper's): after every customized layer; attention: the "
+                                "transformer blocks' layers only (smaller files); block_outputs: the last layer of each "
+                                "block. On the toy models none did better than all beyond the training seed's spread."})
         req["interleaved"] = ("BOOLEAN", {"default": False, "tooltip": "Leave off. On: the paper's baseline "
                                           "instead (stills with the temporal layers off, alternating with videos), "
                                           "for comparisons."})
