@@ -62,9 +62,9 @@ class FreezeCheck:
                            if self.customized else " It freezes video: ready for Train Spatial Adapters.")
         if self.customized:
             return (head + f"\nWARNING: the Motion Adapter does not freeze this customized model (more than "
-                    f"{100 * self.limit:.0f} % of its frame-to-frame change is left). Spatial Adapters trained against "
-                    "it are taught to remove that change and can come out moving less than naive injection: sample "
-                    "both and compare before using them.")
+                    f"{100 * self.limit:.0f} % of its frame-to-frame change is left), as the training assumes: the "
+                    "stills also asked the adapters to remove that change. Sample the result and naive injection "
+                    "and compare before using the adapters.")
         return (head + f"\nWARNING: this Motion Adapter does not freeze video (more than {100 * self.limit:.0f} % "
                 "of the motion is left). Spatial Adapters trained with it would learn to damp motion. Resume it "
                 "for more steps, or train again with a higher learning rate or rank.")

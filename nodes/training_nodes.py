@@ -215,7 +215,7 @@ class TrainSpatialAdapters(Trainer):
     RETURN_NAMES = Trainer.RETURN_NAMES + ("check",)
     OUTPUT_TOOLTIPS = Trainer.OUTPUT_TOOLTIPS + (
         "How much of the customized model's frame-to-frame change the Motion Adapter leaves at α = 1, with a "
-        "warning when it does not freeze it (the adapters are then taught to remove that change).",)
+        "warning when it does not freeze it, as the training assumes.",)
 
     def train(self, video_model, motion_adapter, customized_stills, prior_videos, target_layers, **inputs):
         inputs["target_mode"] = target_layers
