@@ -145,7 +145,28 @@ def _resume_choices(kind):
     return ["none"] + [f for f in adapter_files(kind) if f != "(none)"]
 
 
-class TrainMotionAdapter(Trainer):
+class CheckingTrainer(Trainer):
+    """A trainer that ends with the Motion Adapter's freeze check: a 4th output and text on the node."""
+    RETURN_TYPES = Trainer.RETURN_TYPES + ("STRING",)
+    RETURN_NAMES = Trainer.RETURN_NAMES + ("check",)
+
+    @staticmethod
+    def freeze_check(video_model, clips, inputs, motion_adapter=None):
+        """An ``after`` hook for ``_train``: ``check_freezes`` of ``motion_adapter`` (default: the one
+        just trained) on ``video_model`` with two of the clips' captions, at seeds no step used."""
+        prompts = list(dict.fromkeys(c.caption for c in clips))[:2]
+
+        def check(result, device):
+            return check_freezes(video_model, motion_adapter or result.adapter, prompts, width=inputs["width"],
+                                 height=inputs["height"], frames=inputs["frames"], device=device,
+                                 should_stop=mm.processing_interrupted)
+        return check
+
+    def with_check(self, result, text):
+        return {"ui": {"text": [text]}, "result": self.outputs(result) + (text,)}
+
+
+class TrainMotionAdapter(CheckingTrainer):
     @classmethod
     def INPUT_TYPES(cls):
         req = {"video_model": (VIDEO_MODEL, {"tooltip": "The BASE video model (no customization injected)."}),
@@ -159,24 +180,17 @@ class TrainMotionAdapter(Trainer):
                    "later lets Spatial Adapters learn from still images. Train it once per motion module (paper "
                    "§3.2); saved to models/still_moving/motion/.")
 
-    RETURN_TYPES = Trainer.RETURN_TYPES + ("STRING",)
-    RETURN_NAMES = Trainer.RETURN_NAMES + ("check",)
     OUTPUT_TOOLTIPS = Trainer.OUTPUT_TOOLTIPS + (
         "The check after training: how much of the model's own motion the adapter leaves at α = 1 (it should "
         "freeze video), with a warning when it does not.",)
 
     def train(self, video_model, videos, **inputs):
-        prompts = list(dict.fromkeys(c.caption for c in videos))[:2]
-
-        def check(result, device):  # the training clips' captions at seeds no training step used
-            return check_freezes(video_model, result.adapter, prompts, width=inputs["width"], height=inputs["height"],
-                                 frames=inputs["frames"], device=device, should_stop=mm.processing_interrupted)
-        result, freeze = self._train(MotionAdapter, video_model, videos, [], None, inputs, after=check)
-        text = freeze.summary()
-        return {"ui": {"text": [text]}, "result": self.outputs(result) + (text,)}
+        result, freeze = self._train(MotionAdapter, video_model, videos, [], None, inputs,
+                                     after=self.freeze_check(video_model, videos, inputs))
+        return self.with_check(result, freeze.summary())
 
 
-class TrainSpatialAdapters(Trainer):
+class TrainSpatialAdapters(CheckingTrainer):
     @classmethod
     def INPUT_TYPES(cls):
         req = {"video_model": (VIDEO_MODEL, {"tooltip": "The video model WITH the customized model injected."}),
@@ -211,22 +225,15 @@ class TrainSpatialAdapters(Trainer):
                    "naturally (paper §3.3); saved to models/still_moving/spatial/. Ends with a check of whether "
                    "the Motion Adapter froze this customized model's videos, as the training assumes.")
 
-    RETURN_TYPES = Trainer.RETURN_TYPES + ("STRING",)
-    RETURN_NAMES = Trainer.RETURN_NAMES + ("check",)
     OUTPUT_TOOLTIPS = Trainer.OUTPUT_TOOLTIPS + (
         "How much of the customized model's frame-to-frame change the Motion Adapter leaves at α = 1, with a "
         "warning when it does not freeze it, as the training assumes.",)
 
     def train(self, video_model, motion_adapter, customized_stills, prior_videos, target_layers, **inputs):
         inputs["target_mode"] = target_layers
-        prompts = list(dict.fromkeys(c.caption for c in customized_stills))[:2]
-
-        def check(result, device):  # the Motion Adapter on the injected model, at seeds no step used
-            return check_freezes(video_model, motion_adapter, prompts, width=inputs["width"], height=inputs["height"],
-                                 frames=inputs["frames"], device=device, should_stop=mm.processing_interrupted)
         interleaved = inputs.get("interleaved", False)
+        check = None if interleaved else self.freeze_check(video_model, customized_stills, inputs, motion_adapter)
         result, freeze = self._train(SpatialAdapters, video_model, customized_stills, prior_videos, motion_adapter,
-                                     inputs, after=None if interleaved else check)
-        text = ("No Motion Adapter check: an interleaved run trains without it." if interleaved
-                else freeze.summary())
-        return {"ui": {"text": [text]}, "result": self.outputs(result) + (text,)}
+                                     inputs, after=check)
+        return self.with_check(result, "No Motion Adapter check: an interleaved run trains without it."
+                               if interleaved else freeze.summary())
