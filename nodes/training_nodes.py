@@ -202,7 +202,8 @@ class TrainSpatialAdapters(CheckingTrainer):
         req["name"] = name_input("spatial_adapters")
         req["prior_ratio"] = ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
                                         "tooltip": "Share of steps on the prior videos, which keep the model's "
-                                                   "natural motion; 0.5 is a good start."})
+                                                   "natural motion; 0.5 is the paper's. On the toy models 1.0 (no "
+                                                   "stills) kept more motion and as much of the customization."})
         req["target_layers"] = (list(lowrank.SPATIAL_TARGETS), {"default": "all", "tooltip": "Where the adapters "
                                 "sit. all (the paper's): after every customized layer; attention: the "
                                 "transformer blocks' layers only (smaller files); block_outputs: the last layer of each "
