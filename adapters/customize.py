@@ -86,11 +86,17 @@ def absorber_name(absorber):
     return absorber.file.name if absorber.file is not None else "(an absorber never saved)"
 
 
+def absorbed(model, absorber, metadata=None):
+    """The model and metadata a temporal LoRA trains with: ``absorber`` (or None) attached and
+    frozen, and named in the metadata."""
+    meta = dict(metadata or {})
+    if absorber is None:
+        return model, meta
+    return with_absorber(model, absorber), dict(meta, absorber=absorber_name(absorber))
+
+
 def train_temporal_lora(model, video_clips, settings, out_path, absorber=None, metadata=None, **kw):
     """Customize-A-Video's temporal LoRA on the reference video (real frames, in order), with the
     absorber attached and frozen for the run. The saved file holds only the temporal LoRA."""
-    meta = dict(metadata or {})
-    if absorber is not None:
-        model = with_absorber(model, absorber)
-        meta["absorber"] = absorber_name(absorber)
+    model, meta = absorbed(model, absorber, metadata)
     return training.train(model, TemporalLoRA, settings, out_path, custom_clips=video_clips, metadata=meta, **kw)

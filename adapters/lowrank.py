@@ -431,7 +431,7 @@ def motion_fingerprint(model):
 def t2i_fingerprint(model):
     """Identity of the effective T2I weights (base + injection patches, without adapters)."""
     bare = model.clone()
-    bare.patches = [p for p in model.patches if getattr(p, "injection", False)]
+    bare.patches = model.injections()
     with bare.patched((T2I,)):
         params = [(n, p) for n, p in model.unet.named_parameters() if ".motion_modules." not in n]
         injected = set(bare.injected_layers())

@@ -71,9 +71,10 @@ class FreezeCheck:
 
 
 def check_freezes(model, adapter, prompts, *, seeds=(1000, 1001), steps=10, cfg=7.5, width=256, height=256,
-                  frames=16, device="cpu", should_stop=None):
+                  frames=16, device="cpu", should_stop=None, on_video=None):
     """Sample each prompt and seed at α = 0 and α = 1 and compare their motion (``FreezeCheck``).
-    Use prompts and seeds the adapter was not trained on; ``should_stop()`` ends it early (None).
+    Use prompts and seeds the adapter was not trained on; ``should_stop()`` ends it early (None);
+    ``on_video(alpha, prompt, seed, video)`` sees each video (to measure more from the same ones).
     On a model with a customized checkpoint injected, the check says so in its summary."""
     from . import sampling, scoring
     prompts = tuple(dict.fromkeys(prompts)) or ("",)
@@ -88,6 +89,7 @@ def check_freezes(model, adapter, prompts, *, seeds=(1000, 1001), steps=10, cfg=
                 video = sampling.text_to_video(m, prompt, device=device, seed=seed, steps=steps, cfg=cfg,
                                                width=width, height=height, frames=frames)
                 values.append(scoring.frame_difference(video))
+                if on_video is not None:
+                    on_video(alpha, prompt, seed, video)
         motion[alpha] = sum(values) / len(values)
-    customized = any(getattr(p, "injection", False) for p in model.patches)
-    return FreezeCheck(motion, prompts, tuple(seeds), steps, customized=customized)
+    return FreezeCheck(motion, prompts, tuple(seeds), steps, customized=bool(model.injections()))

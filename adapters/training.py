@@ -230,8 +230,7 @@ def train(model, kind, settings, out_path, *, custom_clips=(), prior_clips=(), m
                  "checkpoint": Path(model.info.get("checkpoint", "?")).name})
     info.update(lowrank.model_fingerprints(cls, model))
     if "base_fingerprint" in info:
-        info["customized"] = ", ".join(sorted({Path(p.source).name for p in model.patches
-                                               if getattr(p, "injection", False) and p.source})) or "?"
+        info["customized"] = ", ".join(sorted({Path(p.source).name for p in model.injections() if p.source})) or "?"
     start = 0
     if resume is not None:
         adapter = cls.load(resume)

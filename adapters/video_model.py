@@ -117,6 +117,10 @@ class VideoModel:
         m.patches.append(patch)
         return m
 
+    def injections(self):
+        """The patches that customize the T2I / text weights (injected checkpoints and LoRAs)."""
+        return [p for p in self.patches if getattr(p, "injection", False)]
+
     def injected_layers(self):
         """Modules of the T2I part whose weights a customization replaced or changed."""
         names = set()

@@ -20,6 +20,7 @@ of the models folder), for ``bench_toy_comparison.py --models DIR``.
 import argparse
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,29 +32,22 @@ from benchmarks import _common  # noqa: E402
 SEEDS = (500, 501, 502)
 
 
-def travel(video):
-    from toyworld import world as tw
-    centres, area = tw.locate(np.clip(np.rint(video.numpy() * 255), 0, 255).astype(np.uint8))
-    pts = centres[area > 0]
-    return float(np.hypot(*(pts[-1] - pts[0]))) if len(pts) > 1 else 0.0
-
-
 def measure(name, model, adapter, prompt_sets):
+    """One table row per prompt set: travel from the very videos ``check_freezes`` samples."""
     import torch
-    from adapters import sampling
     from adapters.motion_adapter import check_freezes
+    from benchmarks.bench_toy_comparison import _u8, motion_of
     from toyworld import world as tw
     with torch.no_grad():
         for kind, prompts in prompt_sets.items():
+            moved = {0.0: [], 1.0: []}
+
+            def travel(alpha, prompt, seed, video):
+                moved[alpha].append(motion_of(_u8(video), tw.parse_caption(prompt)["motion"])["travel_px"])
             check = check_freezes(model, adapter, prompts, seeds=SEEDS, steps=20, cfg=4.0, width=tw.SIZE,
-                                  height=tw.SIZE, frames=tw.FRAMES)
-            moved = {}
-            for alpha in (0.0, 1.0):
-                m = adapter.add_to(model, alpha) if alpha else model
-                moved[alpha] = np.mean([travel(sampling.text_to_video(m, p, seed=s, steps=20, cfg=4.0, width=tw.SIZE,
-                                                                      height=tw.SIZE, frames=tw.FRAMES))
-                                        for p in prompts for s in SEEDS])
-            print(f"| {name} | {kind} | {moved[0.0]:.2f} | {moved[1.0]:.2f} | {100 * check.share:.0f} % |", flush=True)
+                                  height=tw.SIZE, frames=tw.FRAMES, on_video=travel)
+            print(f"| {name} | {kind} | {np.mean(moved[0.0]):.2f} | {np.mean(moved[1.0]):.2f} | "
+                  f"{100 * check.share:.0f} % |", flush=True)
 
 
 def main():
@@ -78,7 +72,7 @@ def main():
         naive = injected[0][1]
         clips = prior_videos(40) + (m1_stills(naive, 8, 20, 4.0, "cpu") if a.train == "clips+stills" else [])
         s = training.TrainSettings(steps=400, learning_rate=1e-3, rank=8, batch=2, frames=tw.FRAMES, seed=0)
-        out = Path(a.write) if a.write else Path(__import__("tempfile").mkdtemp())
+        out = Path(a.write) if a.write else Path(tempfile.mkdtemp())
         if a.write:
             shutil.copytree(a.models, out)  # refuses an existing folder: nothing is overwritten
             shutil.copyfile(injected[0][0], out / tw.MODEL_FILES["custom"])

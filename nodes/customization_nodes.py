@@ -150,9 +150,7 @@ class TrainTemporalLoRA(Trainer):
                    "(rank 32, lr 5e-4), not tuned here. Saved to models/still_moving/temporal/.")
 
     def train(self, video_model, reference_video, absorber=None, **inputs):
-        model, meta = video_model, None
-        if absorber is not None:  # merged: folded into the weights for the run, nothing of it trains
-            model, meta = customize.with_absorber(video_model, absorber), {"absorber": customize.absorber_name(absorber)}
+        model, meta = customize.absorbed(video_model, absorber)  # merged: nothing of the absorber trains
         result, _ = self._train(TemporalLoRA, model, reference_video, [], None, inputs, metadata=meta)
         return self.outputs(result)
 

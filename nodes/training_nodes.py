@@ -157,7 +157,8 @@ class CheckingTrainer(Trainer):
         prompts = list(dict.fromkeys(c.caption for c in clips))[:2]
 
         def check(result, device):
-            return check_freezes(video_model, motion_adapter or result.adapter, prompts, width=inputs["width"],
+            adapter = result.adapter if motion_adapter is None else motion_adapter
+            return check_freezes(video_model, adapter, prompts, width=inputs["width"],
                                  height=inputs["height"], frames=inputs["frames"], device=device,
                                  should_stop=mm.processing_interrupted)
         return check
