@@ -36,14 +36,13 @@ def measure(name, model, adapter, prompt_sets):
     """One table row per prompt set: travel from the very videos ``check_freezes`` samples."""
     import torch
     from adapters.motion_adapter import check_freezes
-    from benchmarks.bench_toy_comparison import _u8, motion_of
     from toyworld import world as tw
     with torch.no_grad():
         for kind, prompts in prompt_sets.items():
             moved = {0.0: [], 1.0: []}
 
             def travel(alpha, prompt, seed, video):
-                moved[alpha].append(motion_of(_u8(video), tw.parse_caption(prompt)["motion"])["travel_px"])
+                moved[alpha].append(tw.motion_of(video, tw.parse_caption(prompt)["motion"])["travel_px"])
             check = check_freezes(model, adapter, prompts, seeds=SEEDS, steps=20, cfg=4.0, width=tw.SIZE,
                                   height=tw.SIZE, frames=tw.FRAMES, on_video=travel)
             print(f"| {name} | {kind} | {np.mean(moved[0.0]):.2f} | {np.mean(moved[1.0]):.2f} | "
@@ -60,7 +59,7 @@ def main():
     import torch
     from adapters import inject, loading, training
     from adapters.motion_adapter import MotionAdapter
-    from benchmarks.bench_toy_comparison import m1_stills, prior_videos
+    from benchmarks.bench_toy_comparison import m1_stills
     from toyworld import world as tw
     base = loading.load_video_model(a.models / tw.MODEL_FILES["base"], a.models / tw.MODEL_FILES["motion"])
     adapter = MotionAdapter.load(a.models / tw.MODEL_FILES["adapter"])
@@ -70,7 +69,7 @@ def main():
     t0 = time.time()
     if a.train:
         naive = injected[0][1]
-        clips = prior_videos(40) + (m1_stills(naive, 8, 20, 4.0, "cpu") if a.train == "clips+stills" else [])
+        clips = tw.prior_videos(40) + (m1_stills(naive, 8, 20, 4.0, "cpu") if a.train == "clips+stills" else [])
         s = training.TrainSettings(steps=400, learning_rate=1e-3, rank=8, batch=2, frames=tw.FRAMES, seed=0)
         out = Path(a.write) if a.write else Path(tempfile.mkdtemp())
         if a.write:

@@ -248,7 +248,7 @@ def spatial(base, custom_path, models, prompts, seeds, args):
     ma_path = models / tw.MODEL_FILES["adapter"]
     ma = MotionAdapter.load(ma_path)
     ma.check(base, ma_path)
-    prior = data.encode_clips(base.vae, comparison.prior_videos(40), tw.SIZE, tw.SIZE)
+    prior = data.encode_clips(base.vae, tw.prior_videos(40), tw.SIZE, tw.SIZE)
     out = []
     targets = dict(customizations(base, custom_path, {"interp": (1.0,), "delta": (2.0,), "lora": (), "part": (), "noise": ()}))
     for name in ("interp 1", "delta x 2"):

@@ -37,7 +37,6 @@ def main():
     import torch
     from adapters import loading, sampling, training
     from adapters.motion_adapter import MotionAdapter, check_freezes
-    from benchmarks.bench_toy_comparison import prior_videos
     from toyworld import world as tw
     models = _common.REPO / "embedded"
     vm = loading.load_video_model(models / tw.MODEL_FILES["base"], models / tw.MODEL_FILES["motion"])
@@ -45,7 +44,7 @@ def main():
                                seed=a.seed)
     t0 = time.time()
     res = training.train_on_clips(vm, MotionAdapter, s, Path(tempfile.mkdtemp()) / "motion.safetensors",
-                                  prior_videos(40), width=tw.SIZE, height=tw.SIZE)
+                                  tw.prior_videos(40), width=tw.SIZE, height=tw.SIZE)
     train_s = time.time() - t0
     prompts = [tw.caption(*p) for p in PROMPTS]
     with torch.no_grad():

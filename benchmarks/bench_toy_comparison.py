@@ -157,31 +157,11 @@ def m1_stills(customized, n, steps, cfg, device):
     return clips
 
 
-def prior_videos(n):
-    return [data.Clip(tw.to_float(c.frames), c.caption, f"toy clip {i}") for i, c in enumerate(tw.dataset(n, seed=7))]
-
-
 # --- scoring -------------------------------------------------------------------------------------
 
-def _u8(frames):
-    return np.clip(np.rint(frames.numpy() * 255), 0, 255).astype(np.uint8)
-
-
-def motion_of(frames_u8, motion):
-    centres, area = tw.locate(frames_u8)
-    seen = area > 0
-    pts = centres[seen]
-    speed = float(np.linalg.norm(np.diff(pts, axis=0), axis=1).mean()) if len(pts) > 1 else 0.0
-    dx, dy = (pts[-1] - pts[0]).tolist() if len(pts) > 1 else (0.0, 0.0)
-    ux, uy = tw.MOTIONS[motion]
-    went = scoring.direction_of(dx / tw.SIZE, dy / tw.SIZE)
-    return {"along_px": dx * ux + dy * uy, "travel_px": float(np.hypot(dx, dy)), "speed_px": speed,
-            "dir_ok": float(went == motion), "went": went}
-
-
 def score_custom(frames, motion, refs):
-    u8 = _u8(frames)
-    m = motion_of(u8, motion)
+    u8 = tw.as_uint8(frames)
+    m = tw.motion_of(u8, motion)
     return {"fidelity": tw.star_score(u8), "colour": tw.custom_colour_score(u8),
             "template": tw.template_score(u8, refs),
             "dir_acc": m["dir_ok"], "along_px": m["along_px"], "travel_px": m["travel_px"], "speed_px": m["speed_px"],
@@ -189,8 +169,8 @@ def score_custom(frames, motion, refs):
 
 
 def score_base(frames, colour, motion):
-    u8 = _u8(frames)
-    m = motion_of(u8, motion)
+    u8 = tw.as_uint8(frames)
+    m = tw.motion_of(u8, motion)
     return {"colour_acc": tw.colour_share(u8, colour), "base_dir_acc": m["dir_ok"], "leak": tw.star_score(u8),
             "went": m["went"]}
 
@@ -329,7 +309,7 @@ def t2i_colour(customized, s, device):
             prompt = tw.caption(colour, shape, motion)
             for seed in s["seeds"]:
                 frame = generate(customized, prompt, seed, s["sample_steps"], s["cfg"], frames=1, device=device)
-                rows.append({"prompt": prompt, "seed": seed, "colour_acc": tw.colour_share(_u8(frame), colour)})
+                rows.append({"prompt": prompt, "seed": seed, "colour_acc": tw.colour_share(tw.as_uint8(frame), colour)})
     return rows
 
 
@@ -481,7 +461,7 @@ def grids(videos, names, out, zoom=4):
     from PIL import Image, ImageDraw
     label_w = 120
     for which in ("custom", "base"):
-        rows = [(n, _u8(videos[(which, n)]).repeat(zoom, 1).repeat(zoom, 2)) for n in names if (which, n) in videos]
+        rows = [(n, tw.as_uint8(videos[(which, n)]).repeat(zoom, 1).repeat(zoom, 2)) for n in names if (which, n) in videos]
         if not rows:
             continue
         f, h, w = rows[0][1].shape[:3]
@@ -559,7 +539,7 @@ def load_models(models_dir, s, out, device):
         ma.check(base, ma_path)
         log(f"Motion Adapter: {ma_path.name} (rank {ma.rank})")
     else:  # train one the way the toy models' script does: frozen toy clips
-        clips = data.encode_clips(base.vae, prior_videos(s["prior"]), tw.SIZE, tw.SIZE)
+        clips = data.encode_clips(base.vae, tw.prior_videos(s["prior"]), tw.SIZE, tw.SIZE)
         settings = training.TrainSettings(steps=s["motion_adapter_steps"], learning_rate=1e-3, rank=s["rank"],
                                           frames=tw.FRAMES, seed=s["seed"])
         ma = training.train(base, MotionAdapter, settings, out / "adapters" / "motion.safetensors", custom_clips=clips,
@@ -617,7 +597,7 @@ def run(args):
     if TRAINED & set(names):
         stills = data.encode_clips(base.vae, m1_stills(naive, s["stills"], s["sample_steps"], s["cfg"], device),
                                    tw.SIZE, tw.SIZE)
-        prior = data.encode_clips(base.vae, prior_videos(s["prior"]), tw.SIZE, tw.SIZE)
+        prior = data.encode_clips(base.vae, tw.prior_videos(s["prior"]), tw.SIZE, tw.SIZE)
         log(f"data: {len(stills)} stills sampled from the customized T2I, {len(prior)} prior clips "
             f"({time.time() - t1:.1f} s)")
     refs = tw.custom_templates()

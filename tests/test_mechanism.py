@@ -1,4 +1,4 @@
-"""Still-Moving's mechanism on a customization that is a known shift (``toyworld.mechanism``).
+"""Still-Moving's mechanism on customizations whose effect is known (``toyworld.mechanism``).
 
 The shipped toy base model with each injected layer's output passed through ``(I + P)``, ``P``
 random and rank 4, written as a checkpoint and injected through the users' path; Spatial Adapters
@@ -83,6 +83,21 @@ def test_naive_injection_loses_at_least_half_the_travel(experiment):
     assert motion["naive"]["travel_px"] <= 0.5 * motion["base"]["travel_px"]
 
 
+def test_a_stream_scale_leaves_the_t2i_and_takes_the_motion(experiment):
+    """The premise alone, through the users' injection path: scaling what the spatial layers write
+    into the stream changes the customized T2I's stills by no more than float error (GroupNorm is
+    blind to it) yet loses at least half the base's travel (the motion modules move it 10x less)."""
+    base = experiment["base"]
+    naive, _ = mech.stream_scaled(base, experiment["folder"], 10.0)
+    writers, readers = mech.stream_layers(base)
+    assert set(readers) < set(writers) and set(naive.injected_layers()) == set(writers)
+    captions = [tw.caption(c, s, m) for c, s, m in mech.PROMPTS[:3]]
+    for a, b in zip(mech.stills(naive, captions, (100,)), mech.stills(base, captions, (100,))):
+        assert float((a.frames - b.frames).abs().max()) < 1e-3, a.caption
+    got = mech.motion_scores(naive, SETTING.eval_seeds, steps=SETTING.sample_steps, cfg=SETTING.cfg)
+    assert got["travel_px"] <= 0.5 * experiment["motion"]["base"]["travel_px"], got
+
+
 def test_the_exact_inverse_is_the_base_model(experiment):
     """The target of training, built by hand, leaves none of the shift on held-out activations
     and gives the base model's videos: the measure and the adapters' fold-in are right."""
@@ -98,7 +113,7 @@ def test_the_exact_inverse_is_the_base_model(experiment):
     frames = mech.video(undoing, prompt, seed, SETTING.sample_steps, SETTING.cfg)
     want = mech.video(base, prompt, seed, SETTING.sample_steps, SETTING.cfg)
     assert float((frames - want).abs().max()) < 1e-3
-    assert mech.motion_of(frames, motion)["went"] == mech.motion_of(want, motion)["went"] == motion
+    assert tw.motion_of(frames, motion)["went"] == tw.motion_of(want, motion)["went"] == motion
 
 
 def test_spatial_adapters_trained_as_the_paper_says_mend_part_of_the_travel(experiment, trained):

@@ -14,6 +14,9 @@ layer's output goes through a known ``(I + P)``, ``P = s·U·Vᵀ`` with ``U``, 
 - ``make_shifts(model, rank, scale, seed)`` -> ``Shifts``; ``write_shifted_checkpoint(model,
   shifts, path)`` writes the customized model as an LDM checkpoint; ``shifted(base, folder)``
   makes, writes and injects it with ``inject.inject_checkpoint``, as a user's checkpoint would be.
+- ``stream_scaled(base, folder, scale)``: the premise with nothing else: a customization whose
+  T2I draws exactly the base's, but whose stream writes are ``scale`` times larger, so the motion
+  modules move it less (see its section below).
 - ``train_adapters``: Spatial Adapters trained as the paper says; ``exact_inverse``: the adapters
   that undo the shift, built by hand (what training should find).
 - ``motion_scores``: travel and direction accuracy on base-world prompts and seeds.
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adapters import data, export, sampling, scoring, training
+from adapters import data, export, sampling, training
 from toyworld import world as tw
 
 PROMPTS = (("red", "circle", "left"), ("blue", "circle", "right"), ("green", "circle", "up"),
@@ -91,17 +94,76 @@ def shifted_unet_state(model, shifts):
     return sd
 
 
-def write_shifted_checkpoint(model, shifts, path):
-    """The shifted customization as a single-file LDM checkpoint (fp32: the untouched layers read
-    back equal to the base, so exactly the shifted layers are injected). Never overwrites."""
+def write_checkpoint(model, unet_state, path):
+    """A customization (the UNet's T2I tensors, diffusers names) as a single-file LDM checkpoint
+    with the base's VAE and text encoder (fp32: the untouched layers read back equal to the base,
+    so exactly the changed layers are injected). Never overwrites."""
     cfg = model.vae.config
     clip = dict(model.text_encoder.state_dict())
     clip = {k[len("text_model."):] if k.startswith("text_model.") else k: v for k, v in clip.items()
             if not k.endswith("position_ids")}
-    tensors = export.checkpoint_tensors(shifted_unet_state(model, shifts), model.vae.state_dict(), clip,
-                                        model.info["layout"], (len(cfg.block_out_channels), cfg.layers_per_block),
-                                        torch.float32)
+    tensors = export.checkpoint_tensors(unet_state, model.vae.state_dict(), clip, model.info["layout"],
+                                        (len(cfg.block_out_channels), cfg.layers_per_block), torch.float32)
     return export.write_checkpoint(path, tensors)
+
+
+def write_shifted_checkpoint(model, shifts, path):
+    """The shifted customization as a single-file LDM checkpoint."""
+    return write_checkpoint(model, shifted_unet_state(model, shifts), path)
+
+
+# --- a customization the T2I cannot see ------------------------------------------------------------
+# The premise in its purest form: every spatial layer that writes into the UNet's residual stream
+# writes ``c`` times larger, and every layer that reads the stream without a GroupNorm first (skip
+# convs, down- and upsamplers) reads it ``1/c`` times. GroupNorm is blind to the scale, so the
+# customized T2I draws exactly what the base draws; the motion modules, which add their output to
+# the stream, now move it ``c`` times less. No Spatial Adapter undoes this exactly (the re-scaled
+# readers keep ``c`` times their bias), so the figures are the recipe's, not an inverse's.
+
+def stream_layers(model):
+    """(writers, readers without a GroupNorm) of the UNet's residual stream: conv_in, resnet conv2
+    and skip convs, transformer proj_out, down- and upsampler convs; skip, down- and upsampler convs."""
+    writers, readers = ["conv_in"], []
+    for n, m in model.unet.named_modules():
+        parts = n.split(".")
+        if ".motion_modules." in n or len(parts) < 2:
+            continue
+        if parts[-2] == "resnets":
+            writers.append(f"{n}.conv2")
+            if m.conv_shortcut is not None:
+                writers.append(f"{n}.conv_shortcut")
+                readers.append(f"{n}.conv_shortcut")
+        elif parts[-2] == "attentions":
+            writers.append(f"{n}.proj_out")
+        elif parts[-2] in ("downsamplers", "upsamplers"):
+            writers.append(f"{n}.conv")
+            readers.append(f"{n}.conv")
+    return writers, readers
+
+
+def stream_scaled_unet_state(model, scale):
+    """The base UNet's T2I tensors with every stream writer's output times ``scale`` and every
+    GroupNorm-less reader's input divided by it."""
+    writers, readers = stream_layers(model)
+    with torch.no_grad():
+        sd = {k: v.detach().clone().float() for k, v in model.unet.state_dict().items() if ".motion_modules." not in k}
+        for name in readers:
+            sd[f"{name}.weight"] = sd[f"{name}.weight"] / scale
+        for name in writers:
+            for part in ("weight", "bias"):
+                if f"{name}.{part}" in sd:
+                    sd[f"{name}.{part}"] = sd[f"{name}.{part}"] * scale
+    return sd
+
+
+def stream_scaled(base, folder, scale):
+    """The stream-scaled customization written in ``folder`` and injected through the users' path.
+    Returns (naive injection, checkpoint path)."""
+    from pathlib import Path
+
+    from adapters import inject
+    path = write_checkpoint(base, stream_scaled_unet_state(base, scale), Path(folder) / f"stream_x{scale:g}.safetensors")
+    return inject.inject_checkpoint(base, path), path
 
 
 # --- videos and their motion ---------------------------------------------------------------------
@@ -111,23 +173,13 @@ def video(model, prompt, seed, steps=20, cfg=4.0, frames=tw.FRAMES, device="cpu"
                                   frames=frames, device=device)
 
 
-def motion_of(frames, motion):
-    """Travel (px, first to last frame, any direction) and whether it went the caption's way."""
-    u8 = np.clip(np.rint(frames.numpy() * 255), 0, 255).astype(np.uint8)
-    centres, area = tw.locate(u8)
-    pts = centres[area > 0]
-    dx, dy = (pts[-1] - pts[0]).tolist() if len(pts) > 1 else (0.0, 0.0)
-    went = scoring.direction_of(dx / tw.SIZE, dy / tw.SIZE)
-    return {"travel_px": float(math.hypot(dx, dy)), "dir_ok": float(went == motion), "went": went}
-
-
 def motion_scores(model, seeds, prompts=PROMPTS, steps=20, cfg=4.0, device="cpu"):
     """Mean travel and direction accuracy over ``prompts`` x ``seeds``, and the rows behind them."""
     rows = []
     for colour, shape, motion in prompts:
         prompt = tw.caption(colour, shape, motion)
         for seed in seeds:
-            rows.append(dict(motion_of(video(model, prompt, seed, steps, cfg, device=device), motion),
+            rows.append(dict(tw.motion_of(video(model, prompt, seed, steps, cfg, device=device), motion),
                              prompt=prompt, seed=seed))
     return {"travel_px": float(np.mean([r["travel_px"] for r in rows])),
             "dir_acc": float(np.mean([r["dir_ok"] for r in rows])), "rows": rows}
@@ -145,12 +197,6 @@ def stills(customized, captions, seeds, steps=20, cfg=4.0, device="cpu"):
                 frame = video(customized, text, seed, steps, cfg, frames=1, device=device)
                 clips.append(data.Clip(frame, text, f"customized T2I, '{text}', seed {seed}"))
     return clips
-
-
-def prior_videos(n, seed=7):
-    """Natural clips of the toy world (prior preservation, Motion Adapter at α = 0)."""
-    return [data.Clip(tw.to_float(c.frames), c.caption, f"toy clip {i}")
-            for i, c in enumerate(tw.dataset(n, seed=seed))]
 
 
 # --- the learned projection against the known shift ------------------------------------------------
@@ -249,12 +295,14 @@ class Setting:
     act_seeds: tuple = (50, 51)
     sample_steps: int = 20
     cfg: float = 4.0
+    stream_scale: float = 0.0     # > 0: the T2I-invisible stream scale instead of the (I + P) shift
+    min_timestep: int = 0         # Spatial Adapters' training timesteps start here
 
 
 def colour_kept(clips):
     """Share of the subject's pixels in the colour each still's caption names (the T2I's quality)."""
-    return float(np.mean([tw.colour_share(np.clip(np.rint(c.frames.numpy() * 255), 0, 255).astype(np.uint8),
-                                          tw.parse_caption(c.caption)["colour"]) for c in clips]))
+    return float(np.mean([tw.colour_share(tw.as_uint8(c.frames), tw.parse_caption(c.caption)["colour"])
+                          for c in clips]))
 
 
 def shifted(base, folder, setting=None):
@@ -279,47 +327,53 @@ def train_adapters(base, naive, motion_adapter, folder, setting=None, device="cp
     s = setting or Setting()
     custom = stills(naive, tw.all_captions(), s.still_seeds, s.sample_steps, s.cfg, device)
     latents = data.encode_clips(base.vae, custom, tw.SIZE, tw.SIZE)
-    prior = data.encode_clips(base.vae, prior_videos(s.prior), tw.SIZE, tw.SIZE)
+    prior = data.encode_clips(base.vae, tw.prior_videos(s.prior), tw.SIZE, tw.SIZE)
     settings = training.TrainSettings(steps=s.steps, learning_rate=s.learning_rate, rank=s.adapter_rank,
-                                      batch=s.batch, frames=tw.FRAMES, seed=s.train_seed, prior_ratio=s.prior_ratio)
+                                      batch=s.batch, frames=tw.FRAMES, seed=s.train_seed, prior_ratio=s.prior_ratio,
+                                      min_timestep=s.min_timestep)
     res = training.train(naive, SpatialAdapters, settings, Path(folder) / "spatial_adapters.safetensors",
                          custom_clips=latents, prior_clips=prior, motion_adapter=motion_adapter, device=device)
     return res, custom
 
 
 def run(base, motion_adapter, folder, setting=None, log=print, device="cpu"):
-    """Shift the base model, inject it as a user would, train Spatial Adapters as the paper says
-    and measure: travel and direction accuracy of base, naive injection, Still-Moving at α = 0 and
-    the exact inverse; how much of the shift the adapters leave on held-out activations; the
-    customized T2I's colour (the paper's premise: a T2I that still draws well)."""
+    """Customize the base model (the (I + P) shift, or with ``stream_scale`` the T2I-invisible
+    stream scale), inject it as a user would, train Spatial Adapters as the paper says and measure:
+    travel and direction accuracy of base, naive injection, Still-Moving at α = 0 (and for the
+    shift the exact inverse, and how much of the shift the adapters leave on held-out
+    activations); the customized T2I against the base's (the paper's premise: it still draws well)."""
     from adapters.video_model import AdapterPatch
     s = setting or Setting()
-    shifts, naive, path = shifted(base, folder, s)
-    out = {"setting": s.__dict__, "checkpoint": str(path), "layers": len(shifts.factors),
-           "injected": len(naive.injected_layers())}
+    if s.stream_scale:
+        shifts = None
+        naive, path = stream_scaled(base, folder, s.stream_scale)
+        layers = len(stream_layers(base)[0])
+    else:
+        shifts, naive, path = shifted(base, folder, s)
+        layers = len(shifts.factors)
+    out = {"setting": s.__dict__, "checkpoint": str(path), "layers": layers, "injected": len(naive.injected_layers())}
     res, custom = train_adapters(base, naive, motion_adapter, folder, s, device)
-    out["t2i_colour"] = {"base": colour_kept(stills(base, tw.all_captions(), s.still_seeds, s.sample_steps, s.cfg,
-                                                    device)),
-                         "customized": colour_kept(custom)}
+    base_stills = stills(base, tw.all_captions(), s.still_seeds, s.sample_steps, s.cfg, device)
+    out["t2i"] = {"colour_base": colour_kept(base_stills), "colour_customized": colour_kept(custom),
+                  "max_diff": max(float((a.frames - b.frames).abs().max()) for a, b in zip(custom, base_stills))}
     out["train_s"] = res.seconds
     log(f"trained {res.step} steps in {res.seconds:.0f} s")
-    oracle = exact_inverse(base, shifts, s.adapter_rank)
-    acts = held_out_activations(base, list(shifts.factors), s.act_captions, s.act_seeds, device=device)
-    per, pooled = undone(res.adapter, shifts, acts)
-    out["left"] = {"pooled": pooled, "median": float(np.median(list(per.values()))), "per_layer": per,
-                   "exact_inverse": undone(oracle, shifts, acts)[1]}
-    log(f"shift left on held-out activations: {pooled:.3f} pooled, {out['left']['median']:.3f} median layer")
-    models = {"base": base, "naive": naive, "still_moving": naive.with_patch(AdapterPatch(res.adapter, 1.0, True)),
-              "exact_inverse": naive.with_patch(AdapterPatch(oracle, 1.0, True))}
-    # the training objective's two halves, for the trained adapters and for the exact inverse
+    models = {"base": base, "naive": naive, "still_moving": naive.with_patch(AdapterPatch(res.adapter, 1.0, True))}
+    if shifts is not None:
+        oracle = exact_inverse(base, shifts, s.adapter_rank)
+        acts = held_out_activations(base, list(shifts.factors), s.act_captions, s.act_seeds, device=device)
+        per, pooled = undone(res.adapter, shifts, acts)
+        out["left"] = {"pooled": pooled, "median": float(np.median(list(per.values()))), "per_layer": per,
+                       "exact_inverse": undone(oracle, shifts, acts)[1]}
+        log(f"shift left on held-out activations: {pooled:.3f} pooled, {out['left']['median']:.3f} median layer")
+        models["exact_inverse"] = naive.with_patch(AdapterPatch(oracle, 1.0, True))
+    # the training objective's two halves, for every model
     still_latents = data.encode_clips(base.vae, custom, tw.SIZE, tw.SIZE)
-    prior = data.encode_clips(base.vae, prior_videos(s.prior), tw.SIZE, tw.SIZE)
-    out["loss"] = {name: {"stills_at_1": training.mean_loss(models[name].with_patch(AdapterPatch(motion_adapter, 1.0,
-                                                                                                False)),
+    prior = data.encode_clips(base.vae, tw.prior_videos(s.prior), tw.SIZE, tw.SIZE)
+    out["loss"] = {name: {"stills_at_1": training.mean_loss(model.with_patch(AdapterPatch(motion_adapter, 1.0, False)),
                                                             still_latents, tw.FRAMES, True, samples=48, device=device),
-                          "prior_at_0": training.mean_loss(models[name], prior, tw.FRAMES, False, samples=48,
-                                                           device=device)}
-                   for name in ("naive", "still_moving", "exact_inverse")}
+                          "prior_at_0": training.mean_loss(model, prior, tw.FRAMES, False, samples=48, device=device)}
+                   for name, model in models.items()}
     out["motion"] = {}
     for name, model in models.items():
         m = motion_scores(model, s.eval_seeds, steps=s.sample_steps, cfg=s.cfg, device=device)

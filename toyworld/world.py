@@ -298,7 +298,8 @@ def to_float(frames):
     return torch.from_numpy(np.ascontiguousarray(frames)).float() / 255.0
 
 
-def _as_uint8(frames):
+def as_uint8(frames):
+    """Frames as uint8 (F, H, W, 3): float frames in [0, 1] (tensor or array) are rounded."""
     a = frames.detach().cpu().numpy() if hasattr(frames, "detach") else np.asarray(frames)
     if a.dtype != np.uint8:
         a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
@@ -307,7 +308,7 @@ def _as_uint8(frames):
 
 def foreground(frames, threshold=40.0):
     """(F, H, W) bool: pixels farther than ``threshold`` (0-255 RGB distance) from the background."""
-    a = _as_uint8(frames).astype(np.float32)
+    a = as_uint8(frames).astype(np.float32)
     return np.linalg.norm(a - np.array(BACKGROUND, np.float32), axis=-1) > threshold
 
 
@@ -322,6 +323,27 @@ def locate(frames, threshold=40.0):
     track = mask_centroids(fg, min_area=0).numpy().astype(np.float64) * (w, h) - 0.5  # pixel centres
     centres = np.where((area > 0)[:, None], track, (w / 2, h / 2))
     return centres, area
+
+
+def motion_of(frames, motion):
+    """How the subject moved against caption motion ``motion``: ``travel_px`` (first to last frame
+    it is seen in), ``along_px`` (that along the caption's direction), ``speed_px`` (mean per
+    frame), the direction it ``went`` and ``dir_ok`` (1.0 when that is the caption's)."""
+    from adapters.scoring import direction_of
+    centres, area = locate(frames)
+    pts = centres[area > 0]
+    speed = float(np.linalg.norm(np.diff(pts, axis=0), axis=1).mean()) if len(pts) > 1 else 0.0
+    dx, dy = (pts[-1] - pts[0]).tolist() if len(pts) > 1 else (0.0, 0.0)
+    ux, uy = MOTIONS[motion]
+    went = direction_of(dx / SIZE, dy / SIZE)
+    return {"along_px": dx * ux + dy * uy, "travel_px": float(np.hypot(dx, dy)), "speed_px": speed,
+            "dir_ok": float(went == motion), "went": went}
+
+
+def prior_videos(n, seed=7):
+    """``n`` natural clips of the world as the pack's ``data.Clip`` (prior preservation)."""
+    from adapters.data import Clip
+    return [Clip(to_float(c.frames), c.caption, f"toy clip {i}") for i, c in enumerate(dataset(n, seed=seed))]
 
 
 def displacement(frames, threshold=40.0):
@@ -342,7 +364,7 @@ def mean_colour(frames, threshold=40.0):
     """Mean RGB (0-255) of the foreground pixels of all frames; the background colour if none.
     Compare with the customization stills passed through a model's own VAE when the VAE cannot
     reproduce the exact stripes (the shipped toy VAE renders the striped star as a red blob)."""
-    a = _as_uint8(frames).astype(np.float32)
+    a = as_uint8(frames).astype(np.float32)
     fg = foreground(a.astype(np.uint8), threshold)
     return a[fg].mean(0) if fg.any() else np.array(BACKGROUND, np.float32)
 
@@ -352,7 +374,7 @@ def nearest_palette(frames, threshold=40.0):
     (magenta, white, or their blend, which a 4x autoencoder makes of thin stripes) than any
     base-world colour, else 1 + the index of the nearest base colour in ``COLOURS``; -1 for
     background. A colour classifier: the toy stand-in for CLIP-I / prompt-adherence scores."""
-    a = _as_uint8(frames).astype(np.float32)
+    a = as_uint8(frames).astype(np.float32)
     fg = foreground(a.astype(np.uint8), threshold)
     custom = np.array(CUSTOM_COLOURS + (tuple((np.array(CUSTOM_COLOURS[0]) + CUSTOM_COLOURS[1]) / 2),), np.float32)
     base = np.array(list(COLOURS.values()), np.float32)
@@ -412,7 +434,7 @@ def template_score(frames, refs=None, threshold=40.0):
     rates a small blob with stray specks as star-like, this does not."""
     refs = custom_templates() if refs is None else refs
     sims = []
-    for f in _as_uint8(frames):
+    for f in as_uint8(frames):
         v = subject_crop(f, threshold=threshold)
         sims.append(0.0 if v is None else float(max(v @ r for r in refs)))
     return float(np.mean(sims))
