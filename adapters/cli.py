@@ -9,6 +9,8 @@ on one device or on several through accelerate (no launcher of our own).
     python -m adapters.cli export motion-lora ADAPTER --alpha A --out FILE.safetensors
     python -m adapters.cli report --checkpoint BASE --motion-module MM --inject CUSTOM [--adapter SPATIAL]
                                   [--prompt P ...]   (report_cli.py: the injection report)
+    python -m adapters.cli check --checkpoint BASE --motion-module MM [--inject CUSTOM] --motion-adapter MA
+                                 [--prompt P ...]   (report_cli.py: does the Motion Adapter freeze it?)
 
 Run it from the pack's folder. Paths in the config are relative to the config file; nothing is
 downloaded. See training_configs/train_motion.json and training_configs/train_spatial.json; keys
@@ -431,6 +433,7 @@ def main(argv=None):
     add_export_parser(sub)
     from . import report_cli
     report_cli.add_parser(sub)
+    report_cli.add_check_parser(sub)
     args = parser.parse_args(argv)
     from .errors import ModelFileError
     try:
@@ -440,6 +443,8 @@ def main(argv=None):
             return export(args)
         if args.command == "report":
             return report_cli.run(args)
+        if args.command == "check":
+            return report_cli.run_check(args)
         job = read_config(args.config)
         return dry_run(job, args.device) if args.dry_run else train(job, args.device)
     except (ConfigError, ModelFileError, FileExistsError) as e:

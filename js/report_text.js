@@ -1,12 +1,12 @@
 // Shows a Still-Moving node's text result (its {"ui": {"text": [...]}}) on the node itself, in a
 // read-only box, as ComfyUI's own Preview Any does: the injection report's table, the Motion
-// Adapter and Spatial Adapters trainers' checks.
+// Adapter check and the Motion Adapter and Spatial Adapters trainers' checks.
 import { app } from "../../scripts/app.js";
 
 // node -> [height of the box in pixels, whether it may grow with the node]; the trainer's box
 // stays small so the loss plot under it keeps its place
-const TEXT_NODES = new Map([["SM_InjectionReport", [260, true]], ["SM_TrainMotionAdapter", [80, false]],
-  ["SM_TrainSpatialAdapters", [80, false]]]);
+const TEXT_NODES = new Map([["SM_InjectionReport", [260, true]], ["SM_MotionAdapterCheck", [80, true]],
+  ["SM_TrainMotionAdapter", [80, false]], ["SM_TrainSpatialAdapters", [80, false]]]);
 const WIDGET = "sm_text_result";
 
 function showText(node, text, [height, grows]) {

@@ -7,7 +7,7 @@ from .customization_nodes import (AttachSubjectModule, AttachTemporalLoRA, Train
 from .dataset_nodes import ClipsFromImages, GeneratePriorClips, ImageFolderClips, MergeClips, VideoFolderClips
 from .export_nodes import ExportMergedCheckpoint, ExportMotionLoRA, ExportSpatialLoRA
 from .model_patch_nodes import ApplySpatialAdaptersToModel
-from .report_nodes import InjectionReport
+from .report_nodes import InjectionReport, MotionAdapterCheck
 from .sampler_nodes import SampleVideo
 from .score_nodes import ScoreVideo
 from .training_nodes import TrainMotionAdapter, TrainSpatialAdapters
@@ -46,6 +46,7 @@ _NODES = {
     "SM_ExportMotionLoRA": (ExportMotionLoRA, "Export Motion Adapter as MotionLoRA"),
     "SM_ExportMergedCheckpoint": (ExportMergedCheckpoint, "Export Merged Checkpoint"),
     "SM_InjectionReport": (InjectionReport, "Injection Report (feature shift)"),
+    "SM_MotionAdapterCheck": (MotionAdapterCheck, "Motion Adapter Check (does it freeze?)"),
 }
 NODE_CLASS_MAPPINGS = {k: v[0] for k, v in _NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {k: f"{v[1]} (Still-Moving)" for k, v in _NODES.items()}

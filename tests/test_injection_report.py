@@ -13,6 +13,7 @@ from adapters.injection_report import injection_report, motion_module_names
 from adapters.spatial_adapters import SpatialAdapters
 from adapters.video_model import AdapterPatch
 from adapter_models import trained  # noqa: F401  (fixture)
+from comfy_host import ComfyError
 from browser import browser  # noqa: F401  (fixture)
 
 CHEAP = dict(prompts=["a red circle", "a sks star"], seed=3, timesteps=(999, 500), frames=4, width=32, height=32)
@@ -140,6 +141,7 @@ def host(comfy, comfy_files, trained):
     comfy.add_model("checkpoints", comfy_files.CUSTOM, comfy_files.custom)
     comfy.add_model("animatediff_models", comfy_files.MOTION, comfy_files.motion)
     comfy.add_model("still_moving", "spatial/report_spatial_adapters.safetensors", trained.files["spatial"])
+    comfy.add_model("still_moving", "motion/report_motion_adapter.safetensors", trained.files["motion"])
     return comfy
 
 
@@ -184,6 +186,30 @@ def test_report_node_measures_linked_spatial_adapters(host, comfy_files, trained
     assert closed != 0.0 and "closed" in text and "spatial adapter (UNet, 0.5)" in text
 
 
+def test_motion_adapter_check_node_runs_in_comfyui(host, comfy_files, trained):
+    """Load Adapter -> Motion Adapter Check on the injected model: the text on the node is the
+    output, says the model is customized, and its share is the library's check on the same videos."""
+    from adapters.motion_adapter import check_freezes
+    cf = comfy_files
+    g = _graph(cf, cf.CUSTOM)
+    del g["rep"]
+    inputs = dict(video_model=["inj", 0], motion_adapter=["ad", 0], prompts="a sks dog running\na dog\na dog",
+                  seed=7, videos_per_prompt=1, steps=2, cfg=6.0, width=64, height=64, frames=4)
+    g["ad"] = {"class_type": "SM_LoadAdapter", "inputs": {"adapter_name": "motion/report_motion_adapter.safetensors"}}
+    g["check"] = {"class_type": "SM_MotionAdapterCheck", "inputs": inputs}
+    result = host.run(g)
+    text, kept = (o[0] for o in result.outputs["check"])
+    assert result.ui["check"]["text"][0] == text
+    want = check_freezes(trained.custom, trained.motion, ["a sks dog running", "a dog"], seeds=(7,), steps=2,
+                         cfg=6.0, width=64, height=64, frames=4)
+    assert kept == pytest.approx(want.share, rel=1e-4) and text == want.summary()
+    assert "1 seed(s)" in text and "customized model" in text
+    # Spatial Adapters where the Motion Adapter goes: refused, saying what the input needs
+    g["ad"]["inputs"]["adapter_name"] = "spatial/report_spatial_adapters.safetensors"
+    with pytest.raises(ComfyError, match="needs a motion adapter, got a spatial adapter"):
+        host.run(g)
+
+
 def test_report_from_the_command_line(tiny_files, tmp_path, capsys):
     from adapters import cli
     out = tmp_path / "report.json"
@@ -214,6 +240,31 @@ def test_report_from_the_command_line(tiny_files, tmp_path, capsys):
     assert rc == 0 and "closed" in printed and "spatial adapter (UNet, 1): (adapters input)" in printed, printed
 
 
+def test_motion_adapter_check_from_the_command_line(tiny_files, tmp_path, capsys):
+    """``cli check`` prints the library's check of the same model, adapter and videos; a file of
+    another kind is refused with its name."""
+    from adapters import cli
+    from adapters.motion_adapter import MotionAdapter, check_freezes
+    from model_files import randomize_up
+    plain = loading.load_video_model(tiny_files.checkpoint, tiny_files.motion_files["v2"])
+    custom = inject.inject_checkpoint(plain, tiny_files.custom_checkpoint)
+    adapter = randomize_up(MotionAdapter.for_model(plain, rank=2, seed=1), seed=2, std=0.3)
+    path = adapter.save(tmp_path / "motion.safetensors")
+    args = ["check", "--checkpoint", str(tiny_files.checkpoint), "--motion-module", str(tiny_files.motion_files["v2"]),
+            "--inject", str(tiny_files.custom_checkpoint), "--motion-adapter", str(path), "--prompt", "a red circle",
+            "--seed", "4", "--videos-per-prompt", "1", "--steps", "2", "--frames", "4", "--width", "32",
+            "--height", "32"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    want = check_freezes(custom, MotionAdapter.load(path), ["a red circle"], seeds=(4,), steps=2, width=32, height=32,
+                         frames=4)
+    assert printed.strip() == want.summary() and "customized model" in printed, printed
+    spatial = SpatialAdapters.for_model(custom, rank=2, seed=1).save(tmp_path / "spatial.safetensors")
+    assert cli.main(args[:7] + ["--motion-adapter", str(spatial)] + args[9:]) == 1
+    err = capsys.readouterr().err
+    assert "spatial.safetensors" in err and "motion" in err, err
+
+
 # ---- the report on the node, in the real editor ---------------------------------------------------
 
 BUILD = """async () => {
@@ -228,25 +279,34 @@ BUILD = """async () => {
   const rep = LiteGraph.createNode("SM_InjectionReport"); rep.pos = [400, 0]; g.add(rep);
   set(rep, "prompts", "a sks star moving left"); set(rep, "width", 32); set(rep, "height", 32);
   inj.connect(0, rep, 0);
+  const ad = LiteGraph.createNode("SM_LoadAdapter"); ad.pos = [0, 600]; g.add(ad);
+  set(ad, "adapter_name", "motion/toy_motion_adapter.safetensors");
+  const check = LiteGraph.createNode("SM_MotionAdapterCheck"); check.pos = [400, 500]; g.add(check);
+  set(check, "prompts", "a sks star moving left"); set(check, "videos_per_prompt", 1); set(check, "steps", 4);
+  set(check, "cfg", 4); set(check, "width", 32); set(check, "height", 32); set(check, "frames", 8);
+  inj.connect(0, check, 0); ad.connect(0, check, 1);
   window.__smDone = null;
   app.api.addEventListener("execution_success", () => { window.__smDone = "success"; });
   app.api.addEventListener("execution_error", (e) => { window.__smDone = JSON.stringify(e.detail).slice(0, 600); });
   await app.queuePrompt(0);
-  return rep.id;
+  return [rep.id, check.id];
 }"""
 
 
 @pytest.mark.parametrize("frontend", ["pinned", "newest"])
 def test_report_shows_on_the_node_in_the_editor(browser, tmp_path_factory, frontend):
-    """Queued from the editor on the shipped toy models, the node's table appears on the node
-    (js/report_text.js), and the seed stays as typed (no randomize after each run)."""
+    """Queued from the editor on the shipped toy models, the injection report's table and the
+    Motion Adapter check appear on their nodes (js/report_text.js), and the seed stays as typed
+    (no randomize after each run)."""
     from comfy_host import ComfyServer, add_model_file, comfyui_path, make_base
     repo, home = Path(__file__).resolve().parent.parent, Path(os.environ.get(
         "STILL_MOVING_HOME", Path.home() / ".cache" / "still-moving"))
     base = make_base(tmp_path_factory.mktemp("report_editor"))
     for kind, name, src in (("checkpoints", "toy_base.safetensors", "toy_base.safetensors"),
                             ("checkpoints", "toy_custom.safetensors", "toy_custom_sks_star.safetensors"),
-                            ("animatediff_models", "toy_mm_v2.safetensors", "toy_mm_v2.safetensors")):
+                            ("animatediff_models", "toy_mm_v2.safetensors", "toy_mm_v2.safetensors"),
+                            ("still_moving", "motion/toy_motion_adapter.safetensors",
+                             "toy_motion_adapter.safetensors")):
         add_model_file(base, kind, name, repo / "embedded" / src)
     settings = base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
@@ -262,11 +322,15 @@ def test_report_shows_on_the_node_in_the_editor(browser, tmp_path_factory, front
         page.wait_for_function("() => window.app?.graph && window.LiteGraph?.registered_node_types?.SM_InjectionReport",
                                timeout=120_000)
         page.wait_for_function("() => window.app.api.socket?.readyState === 1", timeout=30_000)
-        node = page.evaluate(BUILD)
+        node, check = page.evaluate(BUILD)
         page.wait_for_function("() => window.__smDone !== null", timeout=120_000)
         assert page.evaluate("() => window.__smDone") == "success", server.log()
         shown = "id => app.graph.getNodeById(id).widgets.find((w) => w.name === 'sm_text_result')?.box.value"
-        page.wait_for_function(f"id => ({shown.split('=> ', 1)[1]})", arg=node, timeout=10_000)
+        for n in (node, check):
+            page.wait_for_function(f"id => ({shown.split('=> ', 1)[1]})", arg=n, timeout=10_000)
+        checked = page.evaluate(shown, check)
+        assert checked.startswith("Motion Adapter check (1 prompt(s) x 1 seed(s), 4 steps)"), checked
+        assert "customized model" in checked, checked
         text = page.evaluate(shown, node)
         assert text.startswith("Injection report") and "down_blocks.0.motion_modules.0" in text
         assert "toy_custom.safetensors" in text and "overall (mean of blocks)" in text

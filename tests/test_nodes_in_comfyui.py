@@ -13,7 +13,8 @@ PACK_NODES = {"SM_LoadVideoModel", "SM_LoadMotionLoRA", "SM_InjectCheckpoint", "
               "SM_VideoFolderClips", "SM_GeneratePriorClips", "SM_MergeClips", "SM_LoadControlNet", "SM_ApplyControlNet", "SM_ScoreVideo",
               "SM_WeightSchedule", "SM_TrainSubjectModule", "SM_AttachSubjectModule", "SM_TrainAppearanceAbsorber",
               "SM_TrainTemporalLoRA", "SM_AttachTemporalLoRA", "SM_ApplySpatialAdaptersToModel",
-              "SM_ExportSpatialLoRA", "SM_ExportMotionLoRA", "SM_ExportMergedCheckpoint", "SM_InjectionReport"}
+              "SM_ExportSpatialLoRA", "SM_ExportMotionLoRA", "SM_ExportMergedCheckpoint", "SM_InjectionReport",
+              "SM_MotionAdapterCheck"}
 
 
 @pytest.fixture(scope="module")
