@@ -225,7 +225,8 @@ class TrainSpatialAdapters(CheckingTrainer):
 
     DESCRIPTION = ("Trains Spatial Adapters for an injected customized model, so it keeps its look and moves "
                    "naturally (paper §3.3); saved to models/still_moving/spatial/. Ends with a check of whether "
-                   "the Motion Adapter froze this customized model's videos, as the training assumes.")
+                   "the Motion Adapter froze this customized model's videos, as the training assumes; Motion Adapter "
+                   "Check tells before training.")
 
     OUTPUT_TOOLTIPS = Trainer.OUTPUT_TOOLTIPS + (
         "How much of the customized model's frame-to-frame change the Motion Adapter leaves at α = 1, with a "

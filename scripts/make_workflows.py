@@ -24,6 +24,7 @@ NEGATIVE = "blurry, low quality, deformed"
 
 # The editor follows an INT input named like this with a "control after generate" widget.
 SEED_NAMES = ("seed", "noise_seed")
+NO_SEED_CONTROL = {"SM_MotionAdapterCheck", "SM_InjectionReport"}  # their seed keeps its value between runs
 # STRING inputs the nodes declare multiline (a text box, taller than a one-line widget).
 MULTILINE = {"text", "prompt", "negative_prompt", "prompts", "caption", "default_caption"}
 # Nodes js/loss_plot.js draws a loss plot under (it needs PLOT_HEIGHT + 10 px more).
@@ -62,7 +63,7 @@ class Graph:
             named[name] = value
             if after:
                 values.append(after[0])
-            elif name in SEED_NAMES:
+            elif name in SEED_NAMES and type_ not in NO_SEED_CONTROL:
                 values.append("fixed")
         multiline = sum(1 for name, *_ in widgets if name in MULTILINE)
         height = estimated_height(len(inputs), len(outputs), len(values), multiline, type_.startswith("SM_Train"))
@@ -273,10 +274,16 @@ def train_spatial_adapters():
         inputs=[VM, ("motion_adapter", "SM_ADAPTER"), ("customized_stills", "SM_CLIPS"), ("prior_videos", "SM_CLIPS")],
         outputs=TRAIN_OUT + [("check", "STRING")])
     prev = g.node("PreviewImage", 5, inputs=[("images", "IMAGE")], title="Loss curve")
+    check = g.node("SM_MotionAdapterCheck", 5, [("prompts", "a photo of sks dog"), ("seed", 1000),
+                                                ("videos_per_prompt", 2), ("steps", 10), ("cfg", 7.5), ("width", 256),
+                                                ("height", 256), ("frames", 16)],
+                   inputs=[VM, ("motion_adapter", "SM_ADAPTER")], outputs=[("check", "STRING"), ("motion_kept", "FLOAT")],
+                   title="Motion Adapter Check (does it freeze the customized model?)")
     for a, slot, b, name in [(load, 0, inj, "video_model"),
                              (load, 0, prior, "video_model"), (inj, 0, train, "video_model"),
                              (mad, 0, train, "motion_adapter"), (stills, 0, train, "customized_stills"),
-                             (prior, 0, train, "prior_videos"), (train, 2, prev, "images")]:
+                             (prior, 0, train, "prior_videos"), (train, 2, prev, "images"),
+                             (inj, 0, check, "video_model"), (mad, 0, check, "motion_adapter")]:
         g.link(a, slot, b, name)
     return g
 

@@ -49,6 +49,7 @@ SMALL = {  # per node type: what makes a shipped workflow CI-sized on the small 
     "SM_TrainMotionAdapter": {"steps": 3, "width": 64, "height": 64, "frames": 4, "save_every": 0},
     "SM_TrainSpatialAdapters": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0,
                                 "caption_dropout": 0.5},  # the optional widget reaches the trainer
+    "SM_MotionAdapterCheck": {"videos_per_prompt": 1, "steps": 2, "width": 64, "height": 64, "frames": 4},
     "SM_GeneratePriorClips": {"count": 2, "steps": 1, "width": 64, "height": 64, "frames": 4},
     "SM_TrainSubjectModule": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0},
     "SM_TrainAppearanceAbsorber": {"steps": 2, "width": 64, "height": 64, "frames": 4, "save_every": 0},
@@ -311,6 +312,11 @@ def test_workflow_in_the_editor(editor, name):
             shown = ed.js("id => app.graph.getNodeById(Number(id)).widgets.find((w) => w.name === 'sm_text_result')"
                           "?.box.value", k)
             assert shown == outputs[k]["text"][0]
+    for k in (k for k, v in api.items() if v["class_type"] == "SM_MotionAdapterCheck"):  # text on the node
+        text = outputs[k]["text"][0]
+        assert text.startswith("Motion Adapter check (1 prompt(s) x 1 seed(s), 2 steps)") and "customized" in text
+        assert ed.js("id => app.graph.getNodeById(Number(id)).widgets.find((w) => w.name === 'sm_text_result')"
+                     "?.box.value", k) == text
     for k, node in api.items():
         shown = outputs.get(k, {}).get("images", [])
         if node["class_type"] == "SaveAnimatedWEBP":
