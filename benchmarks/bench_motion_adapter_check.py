@@ -6,7 +6,7 @@ Trains a Motion Adapter on the shipped toy models (``embedded/``) through the no
 Train Motion Adapter node's defaults unless told otherwise, then runs ``check_freezes`` (two
 held-out base-world prompts, seeds 1000 and 1001, 10 steps) and samples four held-out prompts at
 α = -1, -0.5, 0, 0.5, 1 (20 Euler steps, CFG 4) to measure travel (first to last frame) and mean
-speed of the subject (``toyworld.locate``).
+speed of the subject over the frames it is seen in (``toyworld.motion_of``).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_motion_adapter_check.py                 # node defaults
     OMP_NUM_THREADS=2 python benchmarks/bench_motion_adapter_check.py --lr 1e-3 --steps 400 --batch 2
@@ -55,11 +55,11 @@ def main():
         print(check.summary())
         for alpha in (-1.0, -0.5, 0.0, 0.5, 1.0):
             m = res.adapter.add_to(vm, alpha) if alpha else vm
-            centres = [tw.locate(sampling.text_to_video(m, p, seed=seed, steps=20, cfg=4.0, width=tw.SIZE,
-                                                        height=tw.SIZE, frames=tw.FRAMES))[0]
-                       for p in prompts for seed in (1000, 1001)]
-            travel = np.mean([np.hypot(*(c[-1] - c[0])) for c in centres])
-            speed = np.mean([np.linalg.norm(np.diff(c, axis=0), axis=1).mean() for c in centres])
+            moved = [tw.motion_of(sampling.text_to_video(m, p, seed=seed, steps=20, cfg=4.0, width=tw.SIZE,
+                                                         height=tw.SIZE, frames=tw.FRAMES), tw.parse_caption(p)["motion"])
+                     for p in prompts for seed in (1000, 1001)]
+            travel = np.mean([v["travel_px"] for v in moved])
+            speed = np.mean([v["speed_px"] for v in moved])
             print(f"  α = {alpha:+.1f}: travel {travel:.2f} px, speed {speed:.2f} px/frame", flush=True)
 
 
