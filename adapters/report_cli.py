@@ -65,8 +65,10 @@ def run_check(args):
     from .motion_adapter import MotionAdapter, check_freezes
     if args.videos_per_prompt < 1 or args.steps < 1:
         raise ValueError("--videos-per-prompt and --steps must be at least 1.")
-    adapter = MotionAdapter.load(Path(args.motion_adapter).expanduser())
+    path = Path(args.motion_adapter).expanduser()
+    adapter = MotionAdapter.load(path)
     model, device = _model(args)
+    adapter.check(model, path)  # as the training CLI does: a file that does not fit is named
     with model.on_device(device):
         result = check_freezes(model, adapter, args.prompt or [""], device=device, steps=args.steps, cfg=args.cfg,
                                seeds=tuple(range(args.seed, args.seed + args.videos_per_prompt)),

@@ -99,11 +99,9 @@ def write_checkpoint(model, unet_state, path):
     with the base's VAE and text encoder (fp32: the untouched layers read back equal to the base,
     so exactly the changed layers are injected). Never overwrites."""
     cfg = model.vae.config
-    clip = dict(model.text_encoder.state_dict())
-    clip = {k[len("text_model."):] if k.startswith("text_model.") else k: v for k, v in clip.items()
-            if not k.endswith("position_ids")}
-    tensors = export.checkpoint_tensors(unet_state, model.vae.state_dict(), clip, model.info["layout"],
-                                        (len(cfg.block_out_channels), cfg.layers_per_block), torch.float32)
+    tensors = export.checkpoint_tensors(unet_state, model.vae.state_dict(), model.text_encoder.state_dict(),
+                                        model.info["layout"], (len(cfg.block_out_channels), cfg.layers_per_block),
+                                        torch.float32)
     return export.write_checkpoint(path, tensors)
 
 
