@@ -439,10 +439,11 @@ def load_t2i(work, name="t2i.pt"):
 
 # --- 3. motion module -----------------------------------------------------------------------------
 
-def train_motion(steps, work):
+def train_motion(steps, work, frozen_t2i=False):
     """Motion modules, with the T2I UNet fine-tuned at a lower rate (the text encoder stays
     frozen). The UNet was trained on single frames, where the direction word carries nothing, so
-    it must learn to pass it on. The shipped base is this video-tuned T2I."""
+    it must learn to pass it on. The shipped base is this video-tuned T2I. ``frozen_t2i``: the
+    motion modules alone, on the T2I as the t2i stage left it (AnimateDiff's recipe)."""
     from diffusers import MotionAdapter
     vae = load_vae(work)
     lat, caps = world_latents(work, vae)
@@ -457,10 +458,9 @@ def train_motion(steps, work):
         if n.endswith("proj_out.weight") or n.endswith("proj_out.bias"):
             torch.nn.init.zeros_(p)
     unet = video_unet(unet2d, adapter)
-    unet.requires_grad_(True)
     with torch.no_grad():
         table = te(ids)[0]
-    motion, spatial, opt = video_optimizer(unet, LR["motion"])
+    motion, spatial, opt = video_optimizer(unet, LR["motion"], frozen_t2i)
     ema = EMA(motion + spatial)
     alphas = noise_schedule()
     g = torch.Generator().manual_seed(SEED + 7)
@@ -483,14 +483,19 @@ def train_motion(steps, work):
             log(f"  motion {step:4d} loss (last 100) {np.mean(run[-100:]):.4f}")
     ema.copy_to_params()
     save_video_unet(unet, te, work)
-    return {"video_t2i_lr": LR["video_t2i"]}
+    return {"video_t2i_lr": 0.0 if frozen_t2i else LR["video_t2i"]}
 
 
-def video_optimizer(unet, lr):
-    """AdamW with the motion modules and the rest of the video UNet as two groups (two rates)."""
+def video_optimizer(unet, lr, frozen_t2i=False):
+    """AdamW with the motion modules and the rest of the video UNet as two groups (two rates);
+    with ``frozen_t2i`` the motion modules alone, the rest of the UNet frozen."""
     motion = [p for n, p in unet.named_parameters() if ".motion_modules." in n]
-    spatial = [p for n, p in unet.named_parameters() if ".motion_modules." not in n]
-    return motion, spatial, torch.optim.AdamW([{"params": motion}, {"params": spatial}], lr=lr, weight_decay=1e-2)
+    spatial = [] if frozen_t2i else [p for n, p in unet.named_parameters() if ".motion_modules." not in n]
+    unet.requires_grad_(False)
+    for p in motion + spatial:
+        p.requires_grad_(True)
+    groups = [{"params": motion}] + ([{"params": spatial}] if spatial else [])
+    return motion, spatial, torch.optim.AdamW(groups, lr=lr, weight_decay=1e-2)
 
 
 def video_unet(unet2d, motion_adapter):
@@ -510,7 +515,7 @@ def save_video_unet(unet, te, work):
     torch.save({"unet": video_t2i.state_dict(), "text": te.state_dict()}, work / VIDEO_T2I)
 
 
-def train_direction(steps, work):
+def train_direction(steps, work, frozen_t2i=False):
     """Continue the video UNet (motion.pt + VIDEO_T2I) with its epsilon loss plus word-only pairs.
 
     Without words the world is symmetric in time, and at high noise the input shows almost
@@ -537,10 +542,9 @@ def train_direction(steps, work):
     unet = video_unet(unet2d, MotionAdapter(block_out_channels=UNET["block_out_channels"], **MOTION))
     missing, unexpected = unet.load_state_dict(torch.load(work / "motion.pt", weights_only=True), strict=False)
     assert not unexpected and all(".motion_modules." not in k for k in missing)
-    unet.requires_grad_(True)
     with torch.no_grad():
         table = te(ids)[0]
-    motion, spatial, opt = video_optimizer(unet, LR["direction"])
+    motion, spatial, opt = video_optimizer(unet, LR["direction"], frozen_t2i)
     alphas = noise_schedule()
     g = torch.Generator().manual_seed(SEED + 70)
     unet.train()
@@ -574,7 +578,7 @@ def train_direction(steps, work):
         if step % 100 == 0 or step == steps - 1:
             log(f"  direction {step:4d} loss (last 100) {np.mean(run[-100:]):.4f} word-only x0 {np.mean(run_x0[-100:]):.4f}")
     save_video_unet(unet, te, work)
-    return {"lr": LR["direction"], "t_min": DIRECTION_T_MIN}
+    return {"lr": LR["direction"], "t_min": DIRECTION_T_MIN, "frozen_t2i": frozen_t2i}
 
 
 # --- writing the files ----------------------------------------------------------------------------
@@ -751,6 +755,9 @@ def main():
     ap.add_argument("--stages", default="vae,text,t2i,motion,direction,adapter,custom,measure")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (results depend on it; the shipped weights: 2)")
     ap.add_argument("--quick", action="store_true", help="a few steps per stage (plumbing check)")
+    ap.add_argument("--frozen-t2i", dest="frozen_t2i", action="store_true",
+                    help="motion and direction stages train the motion modules alone, the T2I frozen "
+                         "(AnimateDiff's recipe; the shipped base is a video-tuned T2I)")
     ap.add_argument("--custom-steps", dest="custom_steps", type=int, help=f"custom stage steps ({STEPS['custom'][0]})")
     ap.add_argument("--custom-lr", dest="custom_lr", type=float, default=LR["custom"])
     ap.add_argument("--custom-prior-share", dest="custom_prior_share", type=float, default=0.5,
@@ -785,10 +792,10 @@ def main():
         elif stage == "t2i":
             info = train_t2i(steps, args.work)
         elif stage == "motion":
-            info = train_motion(steps, args.work)
+            info = train_motion(steps, args.work, args.frozen_t2i)
             write_base(args.work, args.out)
         elif stage == "direction":
-            info = train_direction(steps, args.work)
+            info = train_direction(steps, args.work, args.frozen_t2i)
             write_base(args.work, args.out)
         elif stage == "unpack":
             info = unpack_files(args.work, args.out)
