@@ -553,7 +553,7 @@ def configure(args):
     quick = 1 if args.quick else 0
     s = {k: v[quick] for k, v in SETTINGS.items()}
     prereg = args.preregistered or args.premise_only
-    for key in ("train_steps", "sample_steps"):
+    for key in ("train_steps", "sample_steps", "stills"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     if args.seeds is not None:
@@ -643,6 +643,7 @@ def parse_args(argv=None):
     ap.add_argument("--seeds", type=int, help="number of seeds (0..n-1)")
     ap.add_argument("--train-steps", dest="train_steps", type=int)
     ap.add_argument("--sample-steps", dest="sample_steps", type=int)
+    ap.add_argument("--stills", type=int, help="images sampled from the customized T2I for the trained rows (full 8)")
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--lr", type=float, default=1e-3, help="adapters' learning rate")
     ap.add_argument("--full-lr", dest="full_lr", type=float, default=2e-4, help="full_weights' learning rate")

@@ -10,7 +10,8 @@ Stages (each cached in --work, so a later stage can be re-run alone):
                CLIP is for SD and AnimateDiff
   3. t2i       UNet2DConditionModel on single frames (batch 64, EMA weights, offset noise)
   4. motion    AnimateDiff motion module (UNetMotionModel) on the clips, with the T2I UNet
-               fine-tuned at a lower rate (the shipped base checkpoint is that T2I)
+               fine-tuned at a lower rate (the shipped base checkpoint is that T2I); with
+               --frozen-t2i the motion modules alone, as AnimateDiff trains them (4b likewise)
   4b. direction  the motion stage continued with word-only pairs at high noise: a clip and its
                reverse with the direction word swapped, given the SAME noisy input (noised from
                their midpoint), each scored on its own clean clip; only the word can tell them

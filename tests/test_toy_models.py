@@ -156,6 +156,31 @@ def test_unpack_stage_round_trips_the_shipped_files(tmp_path):
             assert torch.equal(t, written[k]), (part, k)
 
 
+def test_frozen_t2i_motion_stage_trains_the_motion_modules_alone(tmp_path):
+    """scripts/train_toy_models.py --frozen-t2i (AnimateDiff's recipe): the motion stage moves the
+    motion modules and leaves every T2I weight as it was; without it the T2I is fine-tuned too."""
+    script = load_script("scripts/train_toy_models.py")
+    torch.set_num_threads(2)
+    out, work = tmp_path / "out", tmp_path / "work"
+    for d in (out, work):
+        d.mkdir()
+    for part in ("base", "motion"):
+        (out / FILES[part]).write_bytes((EMBEDDED / FILES[part]).read_bytes())
+    script.unpack_files(work, out)
+    (work / "t2i.pt").write_bytes((work / script.VIDEO_T2I).read_bytes())
+    vae, clips = script.load_vae(work), tw.dataset(8, seed=0)   # a few clips in the stage's latent cache
+    torch.save({"latents": torch.stack([script.encode(vae, c.frames).permute(1, 0, 2, 3) for c in clips]),
+                "captions": [c.caption for c in clips]}, work / "clips.pt")
+    t2i = torch.load(work / "t2i.pt", weights_only=True)["unet"]
+    for frozen in (True, False):
+        script.train_motion(3, work, frozen_t2i=frozen)
+        after = torch.load(work / script.VIDEO_T2I, weights_only=True)["unet"]
+        changed = [k for k in t2i if not torch.equal(t2i[k], after[k])]
+        assert (not changed) if frozen else len(changed) > len(t2i) // 2, (frozen, len(changed))
+        motion = torch.load(work / "motion.pt", weights_only=True)
+        assert any(k.endswith("proj_out.weight") and v.abs().max() > 0 for k, v in motion.items())
+
+
 def test_toy_demo_runs_end_to_end_on_the_shipped_files(tmp_path):
     """The README's main command (scripts/demo.sh -> scripts/toy_demo.py), cut down: every row
     sampled, a GIF/WebP/MP4 per prompt and seed, the scores written, the adapters reloadable."""
