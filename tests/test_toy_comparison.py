@@ -243,6 +243,8 @@ def test_preregistered_defaults_are_the_preregistration():
     assert bench.differences(s, names, False) == []
     s, names = bench.configure(bench.parse_args(["--preregistered", "--caption-dropout", "0.1", "--seeds", "3"]))
     assert bench.differences(s, names, False) == ["seeds", "caption_dropout"]
+    s, names = bench.configure(bench.parse_args(["--preregistered", "--stills", "32"]))
+    assert s["stills"] == 32 and bench.differences(s, names, False) == ["stills"]
     s, names = bench.configure(bench.parse_args(["--premise-only"]))
     assert names == ["base", "naive"] and s["base_prompts"] == () and bench.differences(s, names, True) == []
 
