@@ -586,9 +586,7 @@ def train_direction(steps, work, frozen_t2i=False):
 
 def write_checkpoint(path, unet_sd, te, vae):
     from random_models import layout_of
-    clip = {(k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in te.state_dict().items()}
-    clip = {k: v for k, v in clip.items() if not k.endswith("position_ids")}
-    tensors = export.checkpoint_tensors(unet_sd, vae.state_dict(), clip, layout_of(UNET),
+    tensors = export.checkpoint_tensors(unet_sd, vae.state_dict(), te.state_dict(), layout_of(UNET),
                                         (len(VAE["block_out_channels"]), VAE["layers_per_block"]), torch.float16)
     path.unlink(missing_ok=True)
     export.write_checkpoint(path, tensors)

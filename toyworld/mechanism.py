@@ -315,17 +315,25 @@ def shifted(base, folder, setting=None):
     return shifts, inject.inject_checkpoint(base, path), path
 
 
-def train_adapters(base, naive, motion_adapter, folder, setting=None, device="cpu"):
-    """Spatial Adapters as the paper trains them: stills of the customized T2I (one per base-world
-    caption and still seed) with the Motion Adapter at α = 1, natural toy clips at α = 0.
+def training_data(base, naive, setting=None, device="cpu"):
+    """The paper's training data: stills of the customized T2I (one per base-world caption and
+    still seed) and natural toy clips. Returns (the stills as ``data.Clip``, their latents, the
+    clips' latents)."""
+    s = setting or Setting()
+    custom = stills(naive, tw.all_captions(), s.still_seeds, s.sample_steps, s.cfg, device)
+    return (custom, data.encode_clips(base.vae, custom, tw.SIZE, tw.SIZE),
+            data.encode_clips(base.vae, tw.prior_videos(s.prior), tw.SIZE, tw.SIZE))
+
+
+def train_adapters(base, naive, motion_adapter, folder, setting=None, device="cpu", prepared=None):
+    """Spatial Adapters as the paper trains them: the stills with the Motion Adapter at α = 1, the
+    natural clips at α = 0 (``prepared``: ``training_data``'s result, else made here).
     Returns (training.TrainResult, the stills as ``data.Clip``)."""
     from pathlib import Path
 
     from adapters.spatial_adapters import SpatialAdapters
     s = setting or Setting()
-    custom = stills(naive, tw.all_captions(), s.still_seeds, s.sample_steps, s.cfg, device)
-    latents = data.encode_clips(base.vae, custom, tw.SIZE, tw.SIZE)
-    prior = data.encode_clips(base.vae, tw.prior_videos(s.prior), tw.SIZE, tw.SIZE)
+    custom, latents, prior = prepared or training_data(base, naive, s, device)
     settings = training.TrainSettings(steps=s.steps, learning_rate=s.learning_rate, rank=s.adapter_rank,
                                       batch=s.batch, frames=tw.FRAMES, seed=s.train_seed, prior_ratio=s.prior_ratio,
                                       min_timestep=s.min_timestep)
@@ -350,7 +358,9 @@ def run(base, motion_adapter, folder, setting=None, log=print, device="cpu"):
         shifts, naive, path = shifted(base, folder, s)
         layers = len(shifts.factors)
     out = {"setting": s.__dict__, "checkpoint": str(path), "layers": layers, "injected": len(naive.injected_layers())}
-    res, custom = train_adapters(base, naive, motion_adapter, folder, s, device)
+    prepared = training_data(base, naive, s, device)
+    res, custom = train_adapters(base, naive, motion_adapter, folder, s, device, prepared)
+    _, still_latents, prior = prepared
     base_stills = stills(base, tw.all_captions(), s.still_seeds, s.sample_steps, s.cfg, device)
     out["t2i"] = {"colour_base": colour_kept(base_stills), "colour_customized": colour_kept(custom),
                   "max_diff": max(float((a.frames - b.frames).abs().max()) for a, b in zip(custom, base_stills))}
@@ -366,8 +376,6 @@ def run(base, motion_adapter, folder, setting=None, log=print, device="cpu"):
         log(f"shift left on held-out activations: {pooled:.3f} pooled, {out['left']['median']:.3f} median layer")
         models["exact_inverse"] = naive.with_patch(AdapterPatch(oracle, 1.0, True))
     # the training objective's two halves, for every model
-    still_latents = data.encode_clips(base.vae, custom, tw.SIZE, tw.SIZE)
-    prior = data.encode_clips(base.vae, tw.prior_videos(s.prior), tw.SIZE, tw.SIZE)
     out["loss"] = {name: {"stills_at_1": training.mean_loss(model.with_patch(AdapterPatch(motion_adapter, 1.0, False)),
                                                             still_latents, tw.FRAMES, True, samples=48, device=device),
                           "prior_at_0": training.mean_loss(model, prior, tw.FRAMES, False, samples=48, device=device)}
